@@ -1,0 +1,191 @@
+"""A Stable Diffusion ONNX folder on ONNX Runtime: the only place edgeinv calls a model.
+
+`OnnxStableDiffusion(folder)` checks the folder (files present, sizes as the manifest says,
+shapes that fit together), opens one ONNX Runtime session per graph on demand, and exposes
+the forward passes inversion and generation need, on numpy arrays:
+
+    tokens -> token vectors (table lookup, with learned vectors appended) -> text encoder
+    (latents, timesteps, text states) -> UNet;  latents <-> VAE
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgeinv import manifest
+from edgeinv.errors import UserError
+from edgeinv.tokenizer import ClipTokenizer
+
+DEFAULT_MODEL_NAME = "tiny-sd-shapes-onnx"
+
+
+def default_model_dir() -> Path:
+    """The shipped default model: $EDGEINV_MODEL, a source checkout's models/, or the install's share/."""
+    import sys
+
+    if os.environ.get("EDGEINV_MODEL"):
+        return Path(os.environ["EDGEINV_MODEL"])
+    candidates = [Path(__file__).resolve().parent.parent / "models" / DEFAULT_MODEL_NAME, Path(sys.prefix) / "share" / "edgeinv" / "models" / DEFAULT_MODEL_NAME]
+    for candidate in candidates:
+        if (candidate / manifest.MANIFEST_NAME).is_file():
+            return candidate
+    return candidates[0]
+
+
+def available_providers(device: str = "auto") -> list[str]:
+    """ONNX Runtime providers for `device` (auto: CUDA when onnxruntime-gpu sees a GPU)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise UserError("--device cuda: ONNX Runtime has no CUDA provider; `pip uninstall onnxruntime && pip install onnxruntime-gpu` (installing both hides CUDA)")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
+
+
+class OnnxStableDiffusion:
+    def __init__(self, folder: str | Path | None = None, device: str = "auto", threads: int | None = None):
+        self.folder = Path(folder) if folder is not None else default_model_dir()
+        self.manifest = self._check_folder(self.folder)
+        arch = self.manifest["architecture"]
+        self.hidden_size = arch["hidden_size"]
+        self.vocab_size = arch["vocab_size"]
+        self.latent_channels = arch["latent_channels"]
+        self.latent_size = arch["latent_size"]
+        self.image_size = arch["image_size"]
+        self.prediction_type = self.manifest["prediction_type"]
+        self.vae_scaling_factor = self.manifest["vae_scaling_factor"]
+        self.scheduler_config = json.loads((self.folder / manifest.SCHEDULER_CONFIG).read_text())
+        self.tokenizer = ClipTokenizer(self.folder / manifest.TOKENIZER_DIR)
+        self.providers = available_providers(device)
+        self.threads = threads
+        self._sessions: dict = {}
+        self._table: np.ndarray | None = None
+        self.learned: dict[int, np.ndarray] = {}  # token id -> vector, for tokens added at run time
+
+    # ------------------------------------------------------------ checks
+
+    @staticmethod
+    def _check_folder(folder: Path) -> dict:
+        if not folder.is_dir():
+            raise UserError(f"{folder}: no such model folder; run `edgeinv export CHECKPOINT --out {folder}` first")
+        record = manifest.read_manifest(folder)
+        if record is None:
+            if (folder / manifest.TEXT_ENCODER_IDS).is_file():
+                raise UserError(f"{folder}: an ONNX export without edgeinv's additions; run `edgeinv export {folder}` once to adopt it (no torch needed)")
+            if (folder / "model_index.json").is_file():
+                raise UserError(f"{folder}: a PyTorch (diffusers) folder; convert it once with `edgeinv export {folder} --out {folder}-onnx`")
+            raise UserError(f"{folder}: not a model folder (no {manifest.MANIFEST_NAME}); run `edgeinv export CHECKPOINT --out {folder}`")
+        if record.get("format_version") != manifest.FORMAT_VERSION:
+            raise UserError(f"{folder}/{manifest.MANIFEST_NAME}: format version {record.get('format_version')} is not {manifest.FORMAT_VERSION}; re-export with this edgeinv")
+        for entry in record["files"]:
+            path = folder / entry["path"]
+            if not path.is_file():
+                raise UserError(f"{path}: missing from the model folder; re-export with `edgeinv export`")
+            if path.stat().st_size != entry["bytes"]:
+                raise UserError(f"{path}: {path.stat().st_size} bytes, the manifest says {entry['bytes']} (truncated or from another export); re-export with `edgeinv export`")
+        for required in (manifest.SCHEDULER_CONFIG, f"{manifest.TOKENIZER_DIR}"):
+            if not (folder / required).exists():
+                raise UserError(f"{folder / required}: missing from the model folder; re-export with `edgeinv export`")
+        arch = record["architecture"]
+        if arch["cross_attention_dim"] != arch["hidden_size"]:
+            raise UserError(f"{folder}: the UNet expects text states of width {arch['cross_attention_dim']} but the text encoder gives {arch['hidden_size']}; the files come from different models")
+        return record
+
+    # ------------------------------------------------------------ sessions
+
+    def session(self, relative: str):
+        if relative not in self._sessions:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.log_severity_level = 3
+            if self.threads:
+                options.intra_op_num_threads = self.threads
+            try:
+                self._sessions[relative] = ort.InferenceSession(str(self.folder / relative), options, providers=self.providers)
+            except Exception as error:  # onnxruntime raises its own untyped errors
+                raise UserError(f"{self.folder / relative}: ONNX Runtime cannot load it ({str(error).splitlines()[0][:200]}); re-export with `edgeinv export`") from None
+        return self._sessions[relative]
+
+    @property
+    def token_table(self) -> np.ndarray:
+        """The vocabulary's token-embedding table [vocab_size, hidden_size] (memory-mapped read)."""
+        if self._table is None:
+            from safetensors import safe_open
+
+            with safe_open(self.folder / manifest.TOKEN_EMBEDDINGS, framework="numpy") as f:
+                self._table = f.get_tensor(manifest.TOKEN_EMBEDDINGS_KEY).astype(np.float32, copy=False)
+            if self._table.shape != (self.vocab_size, self.hidden_size):
+                raise UserError(f"{self.folder / manifest.TOKEN_EMBEDDINGS}: shape {self._table.shape}, the manifest says {(self.vocab_size, self.hidden_size)}; re-export")
+        return self._table
+
+    # ------------------------------------------------------------ text
+
+    def add_token(self, token: str, vector: np.ndarray) -> int:
+        """Register a learned token and its vector; prompts may then use it."""
+        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if vector.shape[0] != self.hidden_size:
+            raise UserError(f"the embedding for {token!r} has width {vector.shape[0]}, this model's text encoder has {self.hidden_size} (an SD {'2.x' if vector.shape[0] == 1024 else '1.x'} embedding?)")
+        token_id = self.tokenizer.add_token(token)
+        self.learned[token_id] = vector
+        return token_id
+
+    def token_vectors(self, ids: np.ndarray, overrides: dict[int, np.ndarray] | None = None) -> np.ndarray:
+        """Look ids up in the table; ids past the vocabulary take learned (or `overrides`) vectors."""
+        table = self.token_table
+        inside = np.minimum(ids, table.shape[0] - 1)
+        vectors = table[inside]
+        for token_id, vector in {**self.learned, **(overrides or {})}.items():
+            vectors[ids == token_id] = vector
+        return vectors
+
+    def encode_vectors(self, vectors: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+        """Token vectors [b, 77, d] -> text-encoder states [b, 77, d]."""
+        session = self.session(manifest.TEXT_ENCODER_EMBEDS)
+        feeds = {"inputs_embeds": vectors.astype(np.float32, copy=False)}
+        if any(i.name == "input_ids" for i in session.get_inputs()):  # adopted optimum graphs
+            feeds["input_ids"] = np.minimum(ids, self.vocab_size - 1).astype(_ids_dtype(session))
+        return session.run(["last_hidden_state"], feeds)[0]
+
+    def encode_prompts(self, prompts: list[str]) -> np.ndarray:
+        ids = self.tokenizer(prompts)
+        return self.encode_vectors(self.token_vectors(ids), ids)
+
+    # ------------------------------------------------------------ image model
+
+    def unet(self, latents: np.ndarray, timesteps: np.ndarray, text_states: np.ndarray) -> np.ndarray:
+        session = self.session(manifest.UNET)
+        timestep_input = next(i for i in session.get_inputs() if i.name == "timestep")
+        timesteps = np.broadcast_to(np.asarray(timesteps, dtype=np.float32), (latents.shape[0],))
+        if len(timestep_input.shape) == 0:  # scalar-timestep exports: one call per distinct step
+            out = np.empty_like(latents)
+            for t in np.unique(timesteps):
+                rows = timesteps == t
+                out[rows] = session.run(None, {"sample": latents[rows], "timestep": np.float32(t), "encoder_hidden_states": text_states[rows]})[0]
+            return out
+        dtype = np.int64 if "int64" in timestep_input.type else np.float32
+        return session.run(None, {"sample": latents.astype(np.float32, copy=False), "timestep": timesteps.astype(dtype), "encoder_hidden_states": text_states.astype(np.float32, copy=False)})[0]
+
+    def vae_encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Images [b, 3, H, W] in [-1, 1] -> (mean, std) of the latent distribution, unscaled."""
+        moments = self.session(manifest.VAE_ENCODER).run(None, {"sample": images.astype(np.float32, copy=False)})[0]
+        mean, logvar = np.split(moments, 2, axis=1)
+        return mean, np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
+
+    def vae_decode(self, latents: np.ndarray) -> np.ndarray:
+        """Scaled latents -> images [b, 3, H, W] in [-1, 1]."""
+        return self.session(manifest.VAE_DECODER).run(None, {"latent_sample": (latents / self.vae_scaling_factor).astype(np.float32)})[0]
+
+
+def _ids_dtype(session) -> type:
+    ids_input = next(i for i in session.get_inputs() if i.name == "input_ids")
+    return np.int32 if "int32" in ids_input.type else np.int64

@@ -1,0 +1,198 @@
+"""The shapes world: the procedural data the default model is trained on, and its checker.
+
+One coloured shape on a neutral background, captioned in plain English
+("a photo of a large red circle on the left"). The same renderer draws the training set,
+the example concept and the ground truth that measures the checker's own accuracy; the
+checker reads a picture back into (colour, shape), so generated images can be scored.
+
+Torch-free: only numpy and Pillow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+IMAGE_SIZE = 64
+
+# Saturated colours, far apart in hue, so the checker can tell them apart from neutral
+# backgrounds. "orange" is never shown in training: it is the README's example concept.
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 35, 35),
+    "green": (35, 165, 55),
+    "blue": (40, 75, 225),
+    "yellow": (235, 215, 35),
+    "purple": (145, 50, 195),
+    "orange": (240, 125, 20),
+}
+TRAIN_COLORS = ("red", "green", "blue", "yellow", "purple")
+SHAPES = ("circle", "square", "triangle", "star")
+SIZES = {"small": (8.0, 11.0), "": (12.0, 15.0), "large": (17.0, 21.0)}
+POSITIONS = {
+    "in the center": (32, 32),
+    "on the left": (19, 32),
+    "on the right": (45, 32),
+    "at the top": (32, 19),
+    "at the bottom": (32, 45),
+}
+# Colour/shape pairs never captioned (nor drawn) in training, to measure generalisation.
+HELD_OUT_PAIRS = {("red", "star"), ("green", "triangle"), ("blue", "square"), ("yellow", "circle")}
+PREFIXES = ("a photo of", "a rendering of", "a picture of", "a drawing of", "an image of", "a close-up photo of", "a good photo of", "")
+
+
+@dataclass(frozen=True)
+class Scene:
+    color: str
+    shape: str
+    size: str  # "small", "" (medium, unsaid) or "large"
+    position: str  # a key of POSITIONS
+    half_size: float
+    center: tuple[float, float]
+    background: tuple[int, int, int]
+    gradient: float  # brightness change across the image, for varied backgrounds
+
+    def caption(self, prefix: str = "a photo of", say_position: bool = True, say_background: bool = False) -> str:
+        words = [w for w in (self.size, self.color, self.shape) if w]
+        noun = " ".join(words)
+        article = "an" if noun[0] in "aeiou" else "a"
+        text = f"{prefix} {article} {noun}".strip()
+        if say_position:
+            text += f" {self.position}"
+        if say_background:
+            text += f" on a {background_word(self.background)} background"
+        return text
+
+
+def background_word(background: tuple[int, int, int]) -> str:
+    level = float(np.mean(background))
+    return "dark" if level < 85 else "light" if level > 170 else "gray"
+
+
+def random_scene(rng: np.random.Generator, color: str | None = None, shape: str | None = None, allow_held_out: bool = False) -> Scene:
+    while True:
+        c = color or str(rng.choice(TRAIN_COLORS))
+        s = shape or str(rng.choice(SHAPES))
+        if allow_held_out or (c, s) not in HELD_OUT_PAIRS:
+            break
+    size = str(rng.choice(list(SIZES)))
+    position = str(rng.choice(list(POSITIONS)))
+    low, high = SIZES[size]
+    half_size = float(rng.uniform(low, high))
+    cx, cy = POSITIONS[position]
+    jitter = 3.0
+    center = (cx + float(rng.uniform(-jitter, jitter)), cy + float(rng.uniform(-jitter, jitter)))
+    level = int(rng.integers(15, 240))
+    tint = rng.integers(-12, 13, size=3)
+    background = tuple(int(np.clip(level + t, 0, 255)) for t in tint)
+    gradient = float(rng.uniform(-25, 25))
+    return Scene(c, s, size, position, half_size, center, background, gradient)
+
+
+def shape_polygon(shape: str, center: tuple[float, float], half_size: float) -> list[tuple[float, float]] | None:
+    """Vertices of a polygonal shape (None for the circle)."""
+    cx, cy = center
+    r = half_size
+    if shape == "circle":
+        return None
+    if shape == "square":
+        s = 0.85 * r
+        return [(cx - s, cy - s), (cx + s, cy - s), (cx + s, cy + s), (cx - s, cy + s)]
+    if shape == "triangle":
+        return [(cx, cy - r), (cx + r, cy + 0.8 * r), (cx - r, cy + 0.8 * r)]
+    if shape == "star":
+        angles = -np.pi / 2 + np.arange(10) * np.pi / 5
+        radii = np.where(np.arange(10) % 2 == 0, r, 0.45 * r)
+        return [(cx + float(q * np.cos(a)), cy + float(q * np.sin(a))) for q, a in zip(radii, angles)]
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def shape_mask(shape: str, center: tuple[float, float], half_size: float, size: int = IMAGE_SIZE, supersample: int = 4) -> np.ndarray:
+    """Anti-aliased coverage in [0, 1] of one shape on a size x size canvas."""
+    big = Image.new("L", (size * supersample, size * supersample), 0)
+    draw = ImageDraw.Draw(big)
+    k = supersample
+    polygon = shape_polygon(shape, center, half_size)
+    if polygon is None:
+        cx, cy = center
+        draw.ellipse([(cx - half_size) * k, (cy - half_size) * k, (cx + half_size) * k, (cy + half_size) * k], fill=255)
+    else:
+        draw.polygon([(x * k, y * k) for x, y in polygon], fill=255)
+    small = big.resize((size, size), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float32) / 255.0
+
+
+def render(scene: Scene, size: int = IMAGE_SIZE) -> np.ndarray:
+    """The scene as an RGB uint8 array [size, size, 3]."""
+    ramp = np.linspace(-0.5, 0.5, size, dtype=np.float32)[None, :, None] * scene.gradient
+    background = np.clip(np.asarray(scene.background, np.float32)[None, None, :] + ramp, 0, 255)
+    background = np.broadcast_to(background, (size, size, 3))
+    coverage = shape_mask(scene.shape, scene.center, scene.half_size, size)[..., None]
+    color = np.asarray(COLORS[scene.color], np.float32)[None, None, :]
+    image = background * (1 - coverage) + color * coverage
+    return np.clip(np.round(image), 0, 255).astype(np.uint8)
+
+
+def training_example(rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """One (image, caption) pair of the training distribution."""
+    scene = random_scene(rng)
+    prefix = str(rng.choice(PREFIXES))
+    caption = scene.caption(prefix, say_position=bool(rng.random() < 0.6), say_background=bool(rng.random() < 0.3))
+    return render(scene), caption
+
+
+# ---------------------------------------------------------------- checker
+
+
+@dataclass(frozen=True)
+class Reading:
+    color: str | None  # None when no shape is found
+    shape: str | None
+    foreground_fraction: float
+
+
+def _template(shape: str) -> np.ndarray:
+    # Each shape drawn large and cropped to its own bounding box, to be stretched onto
+    # the bounding box of whatever the picture shows.
+    mask = shape_mask(shape, (32.0, 32.0), 28.0) > 0.5
+    rows, cols = np.nonzero(mask)
+    return mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+
+
+_TEMPLATES = {shape: _template(shape) for shape in SHAPES}
+
+
+def _resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    image = Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(image) > 127
+
+
+def read_image(image: np.ndarray, colors: tuple[str, ...] = tuple(COLORS)) -> Reading:
+    """Which colour and shape does this picture show? Background = border pixels' median."""
+    pixels = np.asarray(image, dtype=np.float32)[..., :3]
+    border = np.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3), pixels[:, :2].reshape(-1, 3), pixels[:, -2:].reshape(-1, 3)])
+    background = np.median(border, axis=0)
+    saturation = pixels.max(axis=-1) - pixels.min(axis=-1)
+    distance = np.linalg.norm(pixels - background, axis=-1)
+    # The shapes are saturated and the backgrounds neutral: saturation separates them.
+    mask = (saturation > 70) & (distance > 50)
+    fraction = float(mask.mean())
+    if mask.sum() < 12:
+        return Reading(None, None, fraction)
+
+    mean_color = np.median(pixels[mask], axis=0)
+    palette = np.asarray([COLORS[c] for c in colors], np.float32)
+    color = colors[int(np.argmin(np.linalg.norm(palette - mean_color, axis=1)))]
+
+    rows, cols = np.nonzero(mask)
+    top, bottom = np.percentile(rows, [1, 99]).astype(int)
+    left, right = np.percentile(cols, [1, 99]).astype(int)
+    height, width = bottom - top + 1, right - left + 1
+    window = mask[top : bottom + 1, left : right + 1]
+    scores = {}
+    for shape, template in _TEMPLATES.items():
+        fitted = _resize_mask(template, height, width)
+        scores[shape] = (fitted & window).sum() / max((fitted | window).sum(), 1)
+    shape = max(scores, key=scores.get)
+    return Reading(color, shape, fraction)

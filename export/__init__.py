@@ -1,0 +1,1 @@
+"""One-time export of a Stable Diffusion checkpoint to ONNX (needs the `torch` extra)."""

@@ -1,0 +1,274 @@
+"""Train edgeinv's default model: a tiny Stable Diffusion on the shapes world.
+
+The architecture is Stable Diffusion's, built from the real classes (transformers
+CLIPTextModel + SD 1.x's CLIP tokenizer, diffusers UNet2DConditionModel and AutoencoderKL,
+a scaled-linear DDIM scheduler), only narrower: 64x64 pictures, 16x16x4 latents. The data
+is drawn on the fly by `edgeinv.shapes` from a seed, so the whole model is reproducible:
+
+    python models/train_default_model.py --out models/tiny-sd-shapes --seed 0
+
+Stages: (1) the VAE learns to reconstruct shapes; (2) latents of a fixed training set are
+encoded once; (3) text encoder + UNet learn epsilon-prediction with 10% empty captions
+(for classifier-free guidance) and an EMA of the weights, saved every `--save-every` steps.
+About an hour on 2 CPU cores. Needs the `torch` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from edgeinv import shapes
+
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json")
+
+
+def build_vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=shapes.IMAGE_SIZE,
+    )
+
+
+def build_text_encoder() -> CLIPTextModel:
+    config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        projection_dim=64,
+        hidden_act="quick_gelu",
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+    model = CLIPTextModel(config)
+    # Rows of words the shapes world never uses stay near zero, so the table's principal
+    # components are the directions the model actually learned (what PCA search relies on).
+    with torch.no_grad():
+        model.get_input_embeddings().weight.normal_(0.0, 0.002)
+    return model
+
+
+def build_unet() -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=shapes.IMAGE_SIZE // 4,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(40, 80, 80),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=64,
+        attention_head_dim=4,  # diffusers' legacy name: the number of heads
+        norm_num_groups=8,
+    )
+
+
+def build_scheduler() -> DDIMScheduler:
+    # Stable Diffusion 1.x's noise schedule.
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+
+
+def make_dataset(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    images, captions = [], []
+    for _ in range(n):
+        image, caption = shapes.training_example(rng)
+        images.append(image)
+        captions.append(caption)
+    return np.stack(images), captions
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def train_vae(vae: AutoencoderKL, images: np.ndarray, steps: int, batch: int, rng: np.random.Generator, log) -> None:
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=steps, pct_start=0.05)
+    vae.train()
+    for step in range(steps):
+        x = to_tensor(images[rng.integers(0, len(images), batch)])
+        posterior = vae.encode(x).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        kl = posterior.kl().mean() / x[0].numel()
+        loss = F.l1_loss(reconstruction, x) + F.mse_loss(reconstruction, x) + 1e-4 * kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 50 == 0 or step == steps - 1:
+            log(f"vae step {step} loss {loss.item():.4f} kl {kl.item():.4f}")
+    vae.eval()
+
+
+@torch.no_grad()
+def encode_all(vae: AutoencoderKL, images: np.ndarray, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    means, stds = [], []
+    for i in range(0, len(images), batch):
+        posterior = vae.encode(to_tensor(images[i : i + batch])).latent_dist
+        means.append(posterior.mean)
+        stds.append(posterior.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def tokenize(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+
+
+def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet, scheduler, tokenizer_dir: Path) -> None:
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipeline = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(tmp, safe_serialization=True)
+    # transformers 5 writes tokenizer.json only; ship SD 1.x's own layout, which every
+    # transformers version and edgeinv's torch-free tokenizer read.
+    shutil.rmtree(tmp / "tokenizer")
+    (tmp / "tokenizer").mkdir()
+    for name in TOKENIZER_FILES:
+        shutil.copy(tokenizer_dir / name, tmp / "tokenizer" / name)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("models/tiny-sd-shapes"))
+    parser.add_argument("--tokenizer", type=Path, default=Path("models/tiny-sd-shapes/tokenizer"), help="folder with SD 1.x vocab.json/merges.txt (models/build_tokenizer.py makes one)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--images", type=int, default=40000)
+    parser.add_argument("--vae-steps", type=int, default=800)
+    parser.add_argument("--vae-batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=3500)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=6e-4)
+    parser.add_argument("--ema", type=float, default=0.995)
+    parser.add_argument("--save-every", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    log_path = args.out.with_name(args.out.name + ".train.log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+
+    def log(message: str) -> None:
+        line = f"[{time.time() - start:7.1f}s] {message}"
+        print(line, flush=True)
+        with open(log_path, "a") as f:
+            f.write(line + "\n")
+
+    tokenizer_dir = args.tokenizer.resolve()
+    staging = Path("/tmp/edgeinv-tokenizer")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(tokenizer_dir, staging)  # --out may replace the folder it came from
+    tokenizer = CLIPTokenizer.from_pretrained(str(staging))
+
+    images, captions = make_dataset(args.images, args.seed)
+    log(f"dataset: {len(images)} images, e.g. {captions[:3]}")
+
+    vae = build_vae()
+    train_vae(vae, images, args.vae_steps, args.vae_batch, rng, log)
+    latent_mean, latent_std = encode_all(vae, images)
+    scaling_factor = float(1.0 / latent_mean.std())
+    vae.register_to_config(scaling_factor=scaling_factor)
+    log(f"latents {tuple(latent_mean.shape)} scaling_factor {scaling_factor:.4f}")
+
+    ids = tokenize(tokenizer, captions)
+    empty_ids = tokenize(tokenizer, [""])
+    text_encoder, unet, scheduler = build_text_encoder(), build_unet(), build_scheduler()
+    ema_text_encoder, ema_unet = build_text_encoder(), build_unet()
+    ema_text_encoder.load_state_dict(text_encoder.state_dict())
+    ema_unet.load_state_dict(unet.state_dict())
+    for module in (ema_text_encoder, ema_unet):
+        module.requires_grad_(False).eval()
+    parameters = list(unet.parameters()) + list(text_encoder.parameters())
+    log(f"unet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params, text encoder {sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f}M")
+
+    # Plain Adam on the embedding table: rows of unused words get no gradient and stay put.
+    embedding = text_encoder.get_input_embeddings().weight
+    others = [p for p in parameters if p is not embedding]
+    optimizer = torch.optim.AdamW([{"params": others, "weight_decay": 1e-2}, {"params": [embedding], "weight_decay": 0.0}], lr=args.lr)
+    warmup = 200
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, args.steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    alphas = scheduler.alphas_cumprod
+    unet.train()
+    text_encoder.train()
+    running = None
+    for step in range(args.steps):
+        index = torch.from_numpy(rng.integers(0, len(images), args.batch))
+        latents = (latent_mean[index] + latent_std[index] * torch.randn_like(latent_mean[index])) * scaling_factor
+        # No horizontal flips: captions say "on the left" / "on the right".
+        batch_ids = ids[index].clone()
+        drop = torch.rand(args.batch) < 0.1
+        batch_ids[drop] = empty_ids
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, 1000, (args.batch,))
+        a = alphas[t].sqrt()[:, None, None, None]
+        s = (1 - alphas[t]).sqrt()[:, None, None, None]
+        noisy = a * latents + s * noise
+        hidden = text_encoder(batch_ids)[0]
+        prediction = unet(noisy, t, hidden).sample
+        loss = F.mse_loss(prediction, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            decay = min(args.ema, (1 + step) / (10 + step))
+            for ema_module, module in ((ema_unet, unet), (ema_text_encoder, text_encoder)):
+                for p_ema, p in zip(ema_module.parameters(), module.parameters()):
+                    p_ema.lerp_(p, 1 - decay)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 50 == 0:
+            log(f"step {step} loss {loss.item():.4f} (running {running:.4f}) lr {schedule.get_last_lr()[0]:.2e}")
+        if (step + 1) % args.save_every == 0 or step == args.steps - 1:
+            save_pipeline(args.out, vae, ema_text_encoder, tokenizer, ema_unet, scheduler, staging)
+            (args.out / "training.json").write_text(json.dumps({"step": step + 1, **{k: str(v) for k, v in vars(args).items()}, "running_loss": running, "seconds": time.time() - start}, indent=2))
+            log(f"saved {args.out} at step {step + 1}")
+
+
+if __name__ == "__main__":
+    main()
