@@ -25,7 +25,7 @@ def alphas_cumprod(config: dict) -> np.ndarray:
     return np.cumprod(1.0 - betas.astype(np.float32), dtype=np.float32)
 
 
-def spaced_timesteps(config: dict, steps: int) -> np.ndarray:
+def spaced_timesteps(config: dict, steps: int, fractional_linspace: bool = False) -> np.ndarray:
     n = int(config.get("num_train_timesteps", 1000))
     spacing = config.get("timestep_spacing", "leading")
     if spacing == "leading":
@@ -33,6 +33,8 @@ def spaced_timesteps(config: dict, steps: int) -> np.ndarray:
         timesteps = (np.arange(steps) * ratio).round()[::-1].astype(np.int64) + int(config.get("steps_offset", 0))
     elif spacing == "trailing":
         timesteps = np.round(np.arange(n, 0, -n / steps)).astype(np.int64) - 1
+    elif spacing == "linspace" and fractional_linspace:  # Euler keeps fractional steps
+        timesteps = np.linspace(0, n - 1, steps, dtype=np.float64)[::-1].astype(np.float32)
     elif spacing == "linspace":
         timesteps = np.linspace(0, n - 1, steps).round()[::-1].astype(np.int64)
     else:
@@ -89,21 +91,21 @@ class EulerDiscreteScheduler:
         self.init_noise_sigma = 1.0
 
     def set_timesteps(self, steps: int) -> None:
-        self.timesteps = spaced_timesteps(self.config, steps)
+        self.timesteps = spaced_timesteps(self.config, steps, fractional_linspace=True).astype(np.float32)
         all_sigmas = np.sqrt((1 - self.alphas_cumprod) / self.alphas_cumprod)
         sigmas = np.interp(self.timesteps.astype(np.float64), np.arange(len(all_sigmas)), all_sigmas)
         self.sigmas = np.concatenate([sigmas, [0.0]]).astype(np.float32)
         top = float(self.sigmas.max())
         spacing = self.config.get("timestep_spacing", "leading")
         self.init_noise_sigma = top if spacing in ("linspace", "trailing") else float(np.sqrt(top**2 + 1))
-        self._index = {int(t): i for i, t in enumerate(self.timesteps)}
+        self._index = {float(t): i for i, t in enumerate(self.timesteps)}
 
     def scale_model_input(self, sample: np.ndarray, timestep: int) -> np.ndarray:
-        sigma = self.sigmas[self._index[int(timestep)]]
+        sigma = self.sigmas[self._index[float(timestep)]]
         return (sample / np.sqrt(sigma**2 + 1)).astype(np.float32)
 
     def step(self, model_output: np.ndarray, timestep: int, sample: np.ndarray) -> np.ndarray:
-        i = self._index[int(timestep)]
+        i = self._index[float(timestep)]
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
         if self.prediction_type == "epsilon":
             original = sample - sigma * model_output

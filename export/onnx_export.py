@@ -186,6 +186,11 @@ def export_pipeline(pipeline, out: Path, source: str, sample_batch: int = 2) -> 
     tokenizer_dir = out / manifest.TOKENIZER_DIR
     shutil.rmtree(tokenizer_dir, ignore_errors=True)
     pipeline.tokenizer.save_pretrained(tokenizer_dir)
+    backend = getattr(pipeline.tokenizer, "backend_tokenizer", None)
+    if not (tokenizer_dir / "vocab.json").is_file() and backend is not None:
+        # transformers 5 writes tokenizer.json only; SD's vocab.json + merges.txt layout is
+        # what transformers 4.x and optimum read.
+        backend.model.save(str(tokenizer_dir))
     if (tokenizer_dir / "vocab.json").is_file() and (tokenizer_dir / "tokenizer.json").is_file():
         (tokenizer_dir / "tokenizer.json").unlink()  # vocab.json + merges.txt say the same, 3x smaller
 

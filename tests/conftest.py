@@ -1,0 +1,58 @@
+"""Shared fixtures. Everything runs offline on the shipped tiny-sd-shapes model."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DIFFUSERS_DIR = REPO / "models" / "tiny-sd-shapes"
+ONNX_DIR = REPO / "models" / "tiny-sd-shapes-onnx"
+
+
+@pytest.fixture(scope="session")
+def onnx_dir() -> Path:
+    return ONNX_DIR
+
+
+@pytest.fixture(scope="session")
+def sd():
+    from edgeinv.onnx_model import OnnxStableDiffusion
+
+    return OnnxStableDiffusion(ONNX_DIR)
+
+
+@pytest.fixture(scope="session")
+def torch_pipeline():
+    pytest.importorskip("torch")
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline.from_pretrained(DIFFUSERS_DIR, safety_checker=None, requires_safety_checker=False)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@pytest.fixture(scope="session")
+def fresh_export(tmp_path_factory, torch_pipeline) -> Path:
+    """The default model exported anew by this checkout's exporter."""
+    from edgeinv_export.onnx_export import export_pipeline
+
+    out = tmp_path_factory.mktemp("export") / "onnx"
+    export_pipeline(torch_pipeline, out, str(DIFFUSERS_DIR))
+    return out
+
+
+@pytest.fixture
+def onnx_copy(tmp_path) -> Path:
+    """A private copy of the shipped ONNX folder, for tests that damage it."""
+    target = tmp_path / "model"
+    shutil.copytree(ONNX_DIR, target)
+    return target
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)

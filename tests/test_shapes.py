@@ -1,0 +1,39 @@
+"""The shapes world's checker must be right on ground truth before it can score a model."""
+
+import numpy as np
+
+from edgeinv import shapes
+
+
+def test_checker_reads_fresh_ground_truth(rng):
+    n, color_hits, shape_hits = 400, 0, 0
+    for _ in range(n):
+        scene = shapes.random_scene(rng, color=str(rng.choice(list(shapes.COLORS))), allow_held_out=True)
+        reading = shapes.read_image(shapes.render(scene))
+        color_hits += reading.color == scene.color
+        shape_hits += reading.shape == scene.shape
+    assert color_hits / n >= 0.99 and shape_hits / n >= 0.98
+
+
+def test_checker_reports_nothing_on_a_blank_background():
+    blank = np.full((64, 64, 3), 128, np.uint8)
+    assert shapes.read_image(blank).color is None
+
+
+def test_training_data_never_shows_held_out_pairs_or_orange(rng):
+    for _ in range(2000):
+        scene = shapes.random_scene(rng)
+        assert (scene.color, scene.shape) not in shapes.HELD_OUT_PAIRS
+        assert scene.color != "orange"
+
+
+def test_captions_name_what_is_drawn(rng):
+    scene = shapes.random_scene(rng, color="blue", shape="star")
+    caption = scene.caption("a photo of", say_position=True)
+    assert caption.startswith("a photo of a") and "blue star" in caption and scene.position in caption
+
+
+def test_rendering_is_deterministic_for_a_seed():
+    a = shapes.training_example(np.random.default_rng(7))
+    b = shapes.training_example(np.random.default_rng(7))
+    assert a[1] == b[1] and np.array_equal(a[0], b[0])
