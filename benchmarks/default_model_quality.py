@@ -1,0 +1,89 @@
+"""Does the default model draw what its prompts say? Scored by the shapes-world checker.
+
+    python benchmarks/default_model_quality.py [--model DIR] [--seeds 8] [--grid docs/sample_grid.png]
+
+1. The checker's own accuracy on freshly rendered ground truth (every colour and shape).
+2. `edgeinv generate` (ONNX Runtime) for "a photo of a {colour} {shape}" with fresh seeds
+   (never used in training, which drew its noise from torch): colour, shape and both right,
+   for the pairs captioned in training and for the held-out pairs never captioned.
+Prints a markdown table; writes a grid of samples (rows: colours, columns: shapes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from edgeinv import shapes
+from edgeinv.generate import generate, image_grid
+from edgeinv.onnx_model import OnnxStableDiffusion
+
+
+def checker_accuracy(n: int, seed: int) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    color_hits = shape_hits = 0
+    for _ in range(n):
+        scene = shapes.random_scene(rng, color=str(rng.choice(list(shapes.COLORS))), allow_held_out=True)
+        reading = shapes.read_image(shapes.render(scene))
+        color_hits += reading.color == scene.color
+        shape_hits += reading.shape == scene.shape
+    return color_hits / n, shape_hits / n
+
+
+def score(model, pairs, seeds: int, steps: int, guidance: float, seed: int) -> tuple[dict, dict]:
+    totals = {"images": 0, "color": 0, "shape": 0, "both": 0}
+    samples = {}
+    for i, (color, shape) in enumerate(pairs):
+        images = generate(model, f"a photo of a {color} {shape}", steps=steps, guidance=guidance, n=seeds, seed=seed + i)
+        samples[(color, shape)] = images[0]
+        for image in images:
+            reading = shapes.read_image(image)
+            totals["images"] += 1
+            totals["color"] += reading.color == color
+            totals["shape"] += reading.shape == shape
+            totals["both"] += reading.color == color and reading.shape == shape
+    return totals, samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--seeds", type=int, default=8, help="images per prompt")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--seed", type=int, default=10_000, help="first sampling seed")
+    parser.add_argument("--grid", type=Path, default=Path("docs/sample_grid.png"))
+    args = parser.parse_args()
+
+    model = OnnxStableDiffusion(args.model)
+    start = time.time()
+    truth_color, truth_shape = checker_accuracy(1000, seed=args.seed)
+    seen = [(c, s) for c in shapes.TRAIN_COLORS for s in shapes.SHAPES if (c, s) not in shapes.HELD_OUT_PAIRS]
+    held_out = sorted(shapes.HELD_OUT_PAIRS)
+    seen_totals, seen_samples = score(model, seen, args.seeds, args.steps, args.guidance, args.seed)
+    held_totals, held_samples = score(model, held_out, args.seeds, args.steps, args.guidance, args.seed + 500)
+
+    print(f"model: {model.folder}  ({args.steps} DDIM steps, guidance {args.guidance}, {args.seeds} fresh seeds per prompt)\n")
+    print("| images scored | n | colour right | shape right | both right |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    print(f"| checker on rendered ground truth | 1000 | {truth_color:.1%} | {truth_shape:.1%} | - |")
+    for name, totals, count in (("generated, pairs seen in training", seen_totals, len(seen)), ("generated, held-out pairs (never captioned)", held_totals, len(held_out))):
+        n = totals["images"]
+        print(f"| {name} ({count} prompts) | {n} | {totals['color'] / n:.1%} | {totals['shape'] / n:.1%} | {totals['both'] / n:.1%} |")
+    print(f"\n{time.time() - start:.0f}s on this machine")
+
+    samples = {**seen_samples, **held_samples}
+    blank = np.full((model.image_size, model.image_size, 3), 255, np.uint8)
+    cells = [samples.get((c, s), blank) for c in shapes.TRAIN_COLORS for s in shapes.SHAPES]
+    grid = image_grid(cells, columns=len(shapes.SHAPES))
+    args.grid.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.Resampling.NEAREST).save(args.grid)
+    print(f"sample grid: {args.grid} (rows {', '.join(shapes.TRAIN_COLORS)}; columns {', '.join(shapes.SHAPES)}; held-out pairs included)")
+
+
+if __name__ == "__main__":
+    main()
