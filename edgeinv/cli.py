@@ -39,8 +39,9 @@ def main() -> None:
     """Teach Stable Diffusion a new concept on machines that cannot train.
 
     \b
-    edgeinv export MODEL     once: a Stable Diffusion 1.x/2.x checkpoint -> ONNX (needs torch)
+    edgeinv invert IMAGES    learn a new token from 3-20 pictures, forward passes only
     edgeinv generate PROMPT  text-to-image on ONNX Runtime, with learned tokens
+    edgeinv export MODEL     once: a Stable Diffusion 1.x/2.x checkpoint -> ONNX (needs torch)
     """
 
 
@@ -130,6 +131,87 @@ def generate(prompt, model, embeddings, tokens, negative, steps, guidance, sched
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(picture).save(out)
     console.print(f"[green]saved[/] {out} ({count} image{'s' if count > 1 else ''}, {images.shape[2]}x{images.shape[1]})")
+
+
+@main.command()
+@click.argument("images", type=click.Path(path_type=Path))
+@click.option("--model", type=click.Path(path_type=Path), help=MODEL_HELP)
+@click.option("--token", default="<concept>", show_default=True, help="the new word to learn; use it in prompts afterwards")
+@click.option("--init", "init_words", multiple=True, help="start from these words' vectors (repeatable); default: the closest vocabulary word by loss on your images")
+@click.option("--init-candidates", default=1000, show_default=True, type=click.IntRange(1), help="vocabulary words ranked by the visual initialisation")
+@click.option("--property", "concept_kind", default="object", show_default=True, type=click.Choice(["object", "style"]), help="caption templates")
+@click.option("--out", type=click.Path(path_type=Path), help="run folder (default: runs/<token>-<time>)")
+@click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--budget", default=300, show_default=True, type=click.IntRange(1), help="maximum generations")
+@click.option("--popsize", default=None, type=click.IntRange(2), help="candidates per generation [default: 4 + 3 ln dim]")
+@click.option("--dim", default=16, show_default=True, type=click.IntRange(1), help="search subspace dimension")
+@click.option("--subspace", default="pca", show_default=True, type=click.Choice(["pca", "random"]))
+@click.option("--samples", default=8, show_default=True, type=click.IntRange(1), help="evaluation samples per generation (shared by all candidates)")
+@click.option("--dvar-window", default=4000, show_default=True, type=click.IntRange(1), help="DVAR window in UNet sample-evaluations")
+@click.option("--dvar-threshold", default=0.15, show_default=True, type=float, help="stop when var(window)/var(history) falls below this")
+@click.option("--timesteps", default=(0.0, 1.0), show_default=True, type=(float, float), help="train on this fraction range of the schedule")
+@click.option("--chunk-size", default=64, show_default=True, type=click.IntRange(1), help="UNet rows per ONNX Runtime call (bounds memory)")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--threads", default=None, type=click.IntRange(1), help="ONNX Runtime threads [default: all cores]")
+@click.option("--no-samples", is_flag=True, help="skip drawing samples.png")
+def invert(images, model, token, init_words, init_candidates, concept_kind, out, resume, seed, budget, popsize, dim, subspace, samples,
+           dvar_window, dvar_threshold, timesteps, chunk_size, device, threads, no_samples) -> None:
+    """Learn TOKEN from the pictures in IMAGES with forward passes only (torch is not used).
+
+    Writes learned_embeds.safetensors (diffusers), <token>.safetensors (AUTOMATIC1111,
+    ComfyUI, InvokeAI), config.json, history.jsonl, loss.png and samples.png. Ctrl-C keeps
+    the last generation's checkpoint; --resume continues it exactly.
+    """
+    from edgeinv.embedding_files import file_stem, save_embedding
+    from edgeinv.invert import InvertConfig, invert as run
+    from edgeinv.onnx_model import OnnxStableDiffusion
+    from edgeinv.report import plot_loss, write_config, write_samples
+
+    if resume and out is None:
+        raise UserError("--resume needs --out RUN_FOLDER (the folder of the run to continue)")
+    if not resume and out is not None and (out / "checkpoint.pkl").exists():
+        raise UserError(f"{out}: holds an earlier run; add --resume to continue it, or choose another --out")
+    out = out or Path("runs") / f"{file_stem(token)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not (0.0 <= timesteps[0] < timesteps[1] <= 1.0):
+        raise UserError(f"--timesteps {timesteps[0]} {timesteps[1]}: give 0 <= low < high <= 1")
+    config = InvertConfig(images=str(images), model=str(model) if model else None, token=token, init=list(init_words), init_candidates=init_candidates, property=concept_kind,
+                          seed=seed, budget=budget, popsize=popsize, dim=dim, subspace=subspace, samples=samples, dvar_window=dvar_window,
+                          dvar_threshold=dvar_threshold, timesteps=tuple(timesteps), chunk_size=chunk_size, device=device, threads=threads)
+    sd = OnnxStableDiffusion(model, device=device, threads=threads)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = [TextColumn("[bold]inverting"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("invert", total=budget, stats="encoding images")
+
+        def show(record, _config) -> None:
+            ratio = "-" if record.dvar_ratio is None else f"{record.dvar_ratio:.2f}"
+            speed = record.unet_evaluations / max(record.seconds, 1e-9)
+            bar.update(task, completed=record.generation + 1,
+                       stats=f"best {record.best_loss:.4f} mean {record.mean_loss:.4f} det {record.deterministic_loss:.4f} dvar {ratio} {speed:.0f} evals/s")
+
+        try:
+            result = run(config, out, resume=resume, progress=show, warn=lambda m: console.print(f"[yellow]{m}[/]", highlight=False), model=sd)
+        except KeyboardInterrupt:
+            bar.stop()
+            console.print(f"[yellow]interrupted[/]; the last finished generation is saved. Continue with: edgeinv invert {images} --out {out} --resume")
+            sys.exit(130)
+        bar.update(task, completed=budget if result.stopped_by == "budget" else result.stop_generation)
+
+    paths = save_embedding(out, token, result.vector)
+    history = result.history
+    plot_loss(out / "loss.png", [g.deterministic_loss for g in history], result.stop_generation - 1 if result.stopped_by == "dvar" else None,
+              f"deterministic loss ({result.stopped_by} stop at generation {result.stop_generation})")
+    write_config(out, config, result)
+    if not no_samples:
+        sd.learned[sd.tokenizer.token_id(token)] = result.vector[0]
+        write_samples(out / "samples.png", sd, token, concept_kind, seed)
+    console.print(f"[green]learned[/] {token} in {result.total_seconds:.0f}s: stopped by {result.stopped_by} at generation {result.stop_generation}, "
+                  f"held-out loss {result.heldout_loss:.4f} (start {result.init_loss:.4f})")
+    console.print(f"  {paths['diffusers']}  (diffusers: pipe.load_textual_inversion)")
+    console.print(f"  {paths['a1111']}  (AUTOMATIC1111 / ComfyUI / InvokeAI: embeddings folder)")
+    console.print(f"  try: edgeinv generate \"a photo of a {token}\" --embedding {paths['diffusers']}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,270 @@
+"""Forward-only textual inversion: CMA-ES in a subspace of the token-embedding space.
+
+The loop, top to bottom (`invert`):
+
+    images -> VAE latents (once) -> initial vector e0 -> subspace basis
+    each generation:
+        draw one evaluation set (common random numbers for the whole population)
+        ask the optimiser for a population z_1..z_k;   e_i = e0 + z_i @ basis
+        score all e_i in batched ONNX Runtime calls  -> tell the optimiser
+        deterministic loss of the optimiser's mean on the frozen DVAR set -> stop?
+        checkpoint (atomic)
+    choose, by a held-out loss, among the best means and the final mean
+    write embedding files, config, history, loss plot, samples
+
+Everything random derives from `seed` and the generation number, so `--resume` after an
+interruption reproduces the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeinv.data import load_images
+from edgeinv.errors import UserError
+from edgeinv.objective import LatentCache, Objective, draw_evaluation_set, timestep_range
+from edgeinv.onnx_model import OnnxStableDiffusion
+from edgeinv.optimizers import OPTIMIZERS
+from edgeinv.stopping import Dvar, window_in_steps
+from edgeinv.subspace import make_basis
+
+CHECKPOINT = "checkpoint.pkl"
+
+
+@dataclass
+class InvertConfig:
+    images: str
+    model: str | None = None
+    token: str = "<concept>"
+    init: list[str] = field(default_factory=list)  # words; empty: visual initialisation
+    property: str = "object"
+    seed: int = 0
+    budget: int = 300  # generations at most
+    popsize: int | None = None  # None: pycma's 4 + 3 ln d
+    dim: int = 16
+    subspace: str = "pca"
+    optimizer: str = "cma-es"
+    sigma0: float = 1.0
+    samples: int = 8  # evaluation samples per generation, shared by the population
+    dvar_window: int = 4000  # in UNet sample-evaluations, see edgeinv/stopping.py
+    dvar_threshold: float = 0.15
+    dvar_batch: int = 4
+    heldout: int = 32
+    timesteps: tuple[float, float] = (0.0, 1.0)
+    init_candidates: int = 1000
+    chunk_size: int = 64
+    device: str = "auto"
+    threads: int | None = None
+
+    def fingerprint(self) -> str:
+        """What must match for `--resume` to continue the same run."""
+        keys = {k: v for k, v in asdict(self).items() if k not in ("budget", "device", "threads", "chunk_size")}
+        return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Generation:
+    generation: int
+    best_loss: float
+    mean_loss: float
+    deterministic_loss: float
+    dvar_ratio: float | None
+    sigma: float
+    unet_evaluations: int
+    seconds: float
+
+
+@dataclass
+class InvertResult:
+    vector: np.ndarray  # [n_vectors, hidden]
+    history: list[Generation]
+    stopped_by: str  # "dvar" or "budget"
+    stop_generation: int
+    chosen: str  # which contender the held-out loss picked
+    heldout_loss: float
+    init_loss: float  # held-out loss of the initial vector
+    init_seconds: float
+    total_seconds: float
+    out_dir: Path | None = None
+
+
+# ---------------------------------------------------------------- initialisation
+
+
+def vocabulary_shortlist(model: OnnxStableDiffusion, count: int) -> np.ndarray:
+    """Whole-word, alphabetic tokens in BPE merge order (roughly by frequency): model-agnostic."""
+    tokens = []
+    for token_id in range(512, model.tokenizer.base_vocab_size - 2):
+        text = model.tokenizer._tokenizer.id_to_token(token_id)
+        if text and text.endswith("</w>") and text[:-4].isalpha() and len(text) >= 7:
+            tokens.append(token_id)
+            if len(tokens) == count:
+                break
+    return np.array(tokens)
+
+
+def word_vector(model: OnnxStableDiffusion, words: list[str]) -> np.ndarray:
+    ids = [i for word in words for i in model.tokenizer(word)[0] if i not in (model.tokenizer.pad_id, model.tokenizer.eos_id, 49406)]
+    if not ids:
+        raise UserError(f"--init {' '.join(words)!r} gives no tokens; use ordinary words such as --init dog")
+    return model.token_table[ids].mean(axis=0)
+
+
+def visual_init(objective: Objective, model: OnnxStableDiffusion, frozen, count: int, batch: int = 64) -> tuple[np.ndarray, list[tuple[str, float]]]:
+    """Rank vocabulary tokens by the frozen-set loss on the user's images; start from the best."""
+    shortlist = vocabulary_shortlist(model, count)
+    losses = np.concatenate([objective.losses(model.token_table[shortlist[i : i + batch]], frozen) for i in range(0, len(shortlist), batch)])
+    order = np.argsort(losses)
+    best = [(model.tokenizer._tokenizer.id_to_token(int(shortlist[i]))[:-4], float(losses[i])) for i in order[:5]]
+    return model.token_table[shortlist[order[0]]].copy(), best
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(out_dir: Path, state: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".checkpoint.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out_dir / CHECKPOINT)
+
+
+def load_checkpoint(out_dir: Path, config: InvertConfig) -> dict:
+    path = out_dir / CHECKPOINT
+    if not path.is_file():
+        raise UserError(f"{path}: no checkpoint to resume; start a new run without --resume")
+    try:
+        with open(path, "rb") as f:
+            state = pickle.load(f)
+    except Exception:  # a damaged pickle raises anything
+        raise UserError(f"{path}: unreadable checkpoint; delete it and start again without --resume") from None
+    if state.get("fingerprint") != config.fingerprint():
+        raise UserError(f"{path}: made with other settings (images, token, seed, dim, ...); resume with the same options or use a new --out")
+    return state
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def invert(
+    config: InvertConfig,
+    out_dir: Path | None = None,
+    resume: bool = False,
+    progress: Callable[[Generation, InvertConfig], None] | None = None,
+    warn: Callable[[str], None] = print,
+    model: OnnxStableDiffusion | None = None,
+) -> InvertResult:
+    start = time.time()
+    model = model or OnnxStableDiffusion(config.model, device=config.device, threads=config.threads)
+    image_set = load_images(config.images, model.image_size, warn=warn)
+    token_ids = [model.tokenizer.add_token(config.token)]
+    objective = Objective(model, token_ids, config.token, config.property, chunk_size=config.chunk_size)
+    cache = LatentCache.encode(model, image_set.images)
+    steps = timestep_range(*config.timesteps, int(model.scheduler_config.get("num_train_timesteps", 1000)))
+
+    def evaluation_set(purpose: int, size: int, generation: int = 0, in_order: bool = False):
+        rng = np.random.default_rng([config.seed, purpose, generation])
+        return draw_evaluation_set(cache, len(objective.captions), size, rng, model.vae_scaling_factor, steps, in_order=in_order)
+
+    frozen = evaluation_set(1, config.dvar_batch, in_order=True)  # DVAR's deterministic batch
+    heldout = evaluation_set(2, config.heldout)  # only for the final choice
+
+    init_start = time.time()
+    if config.init:
+        e0, ranking = word_vector(model, config.init), []
+    else:
+        e0, ranking = visual_init(objective, model, frozen, config.init_candidates)
+        warn(f"visual initialisation: closest words {', '.join(f'{w} ({l:.4f})' for w, l in ranking[:3])}")
+    init_seconds = time.time() - init_start
+    basis = make_basis(config.subspace, model.token_table, config.dim, config.seed)
+
+    def vectors(points: np.ndarray) -> np.ndarray:
+        return (e0[None] + np.asarray(points, dtype=np.float32) @ basis)[:, None, :]
+
+    optimizer = OPTIMIZERS[config.optimizer](np.zeros(basis.shape[0]), config.sigma0, config.popsize, config.seed)
+    window = window_in_steps(config.dvar_window, optimizer.popsize * config.samples)
+    state = {"fingerprint": config.fingerprint(), "generation": 0, "optimizer": optimizer, "dvar": Dvar(window, config.dvar_threshold).state(),
+             "history": [], "means": {}, "unet_evaluations": 0, "seconds": 0.0}
+    if resume:
+        state = load_checkpoint(out_dir, config)
+        optimizer = state["optimizer"]
+    dvar = Dvar.from_state(state["dvar"])
+    history = [Generation(**g) for g in state["history"]]
+    means: dict[int, np.ndarray] = state["means"]  # generation -> optimiser mean, kept for the final choice
+    objective.unet_rows = state["unet_evaluations"]
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_history(out_dir, history)
+
+    stopped_by = "budget"
+    generation = state["generation"]
+    run_start = time.time() - state["seconds"]
+    while generation < config.budget:
+        if history and dvar.ratio is not None and dvar.ratio < dvar.threshold:
+            stopped_by = "dvar"  # resumed after the stopping generation
+            break
+        evaluation = evaluation_set(3, config.samples, generation)
+        points = optimizer.ask()
+        losses = objective.losses(vectors(points), evaluation)
+        if not np.isfinite(losses).any():
+            raise UserError(f"every candidate's loss is NaN/inf at generation {generation}; the model in {model.folder} gives non-finite outputs (re-export it in fp32)")
+        losses = np.where(np.isfinite(losses), losses, np.nanmax(np.where(np.isfinite(losses), losses, np.nan)) * 10)
+        optimizer.tell(points, losses)
+        deterministic = float(objective.losses(vectors(optimizer.mean[None]), frozen)[0])
+        stop = dvar.update(deterministic)
+        means[generation] = optimizer.mean.copy()
+        record = Generation(generation, float(losses.min()), float(losses.mean()), deterministic, dvar.ratio, optimizer.sigma,
+                            objective.unet_rows, time.time() - run_start)
+        history.append(record)
+        generation += 1
+        state.update(generation=generation, optimizer=optimizer, dvar=dvar.state(), history=[asdict(g) for g in history], means=means,
+                     unet_evaluations=objective.unet_rows, seconds=record.seconds)
+        if out_dir is not None:
+            save_checkpoint(out_dir, state)
+            append_history(out_dir, record)
+        if progress:
+            progress(record, config)
+        if stop:
+            stopped_by = "dvar"
+            break
+
+    # The final choice: the means with the lowest deterministic loss, and the last mean,
+    # judged on held-out noise and timesteps that neither the search nor DVAR has seen.
+    ranked = sorted(means, key=lambda g: history[g].deterministic_loss)[:8]
+    contenders = {f"mean@{g}": means[g] for g in sorted(set(ranked) | {max(means)})} if means else {}
+    contenders["init"] = np.zeros(basis.shape[0])
+    names = list(contenders)
+    heldout_losses = objective.losses(vectors(np.stack([contenders[n] for n in names])), heldout)
+    best = int(np.argmin(heldout_losses))
+    vector = vectors(contenders[names[best]][None])[0]
+    return InvertResult(
+        vector=vector, history=history, stopped_by=stopped_by, stop_generation=generation, chosen=names[best],
+        heldout_loss=float(heldout_losses[best]), init_loss=float(heldout_losses[names.index("init")]),
+        init_seconds=init_seconds, total_seconds=time.time() - start, out_dir=out_dir,
+    )
+
+
+def write_history(out_dir: Path, history: list[Generation]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".history.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        for record in history:
+            f.write(json.dumps(asdict(record)) + "\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, out_dir / "history.jsonl")
+
+
+def append_history(out_dir: Path, record: Generation) -> None:
+    with open(out_dir / "history.jsonl", "a") as f:
+        f.write(json.dumps(asdict(record)) + "\n")
