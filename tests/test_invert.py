@@ -1,0 +1,137 @@
+"""`edgeinv invert` end to end on the default model: outputs, resume, torch-free, bad input."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.numpy import load_file
+
+from edgeinv.errors import UserError
+from edgeinv.invert import InvertConfig, invert
+from edgeinv.shapes import random_scene, render
+
+# Small settings: a few seconds per run on 2 cores.
+FAST = dict(budget=6, dim=4, popsize=4, samples=2, heldout=4, init=["red"], dvar_window=40)
+CLI_FAST = ["--budget", "8", "--dim", "4", "--popsize", "4", "--samples", "2", "--init", "red", "--no-samples"]
+
+
+@pytest.fixture(scope="module")
+def concept(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("concept")
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        Image.fromarray(render(random_scene(rng, color="orange", shape="circle", allow_held_out=True))).save(folder / f"{i}.png")
+    return folder
+
+
+def test_resume_after_interrupt_reaches_the_same_embedding(concept, tmp_path):
+    config = InvertConfig(images=str(concept), **FAST)
+    straight = invert(config, tmp_path / "straight", warn=lambda m: None)
+
+    def interrupt_after_three(record, _):
+        if record.generation == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        invert(config, tmp_path / "resumed", progress=interrupt_after_three, warn=lambda m: None)
+    assert len((tmp_path / "resumed" / "history.jsonl").read_text().splitlines()) == 3
+    resumed = invert(config, tmp_path / "resumed", resume=True, warn=lambda m: None)
+    np.testing.assert_array_equal(resumed.vector, straight.vector)
+    assert [g.deterministic_loss for g in resumed.history] == [g.deterministic_loss for g in straight.history]
+    assert len((tmp_path / "resumed" / "history.jsonl").read_text().splitlines()) == len(straight.history)
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(concept, tmp_path):
+    cli = [sys.executable, "-m", "edgeinv.cli", "invert", str(concept), *CLI_FAST]
+    subprocess.run([*cli, "--out", str(tmp_path / "straight")], check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([*cli, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = killed / "history.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (history.exists() and len(history.read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "learned_embeds.safetensors").exists(), "the run finished before it could be killed"
+    subprocess.run([*cli, "--out", str(killed), "--resume"], check=True, capture_output=True)
+    a = load_file(str(tmp_path / "straight" / "learned_embeds.safetensors"))
+    b = load_file(str(killed / "learned_embeds.safetensors"))
+    np.testing.assert_array_equal(a["<concept>"], b["<concept>"])
+
+
+def test_run_folder_has_every_output(concept, tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "edgeinv.cli", "invert", str(concept), "--out", str(out), "--token", "<orange-thing>",
+                           *[a for a in CLI_FAST if a != "--no-samples"]], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for name in ("learned_embeds.safetensors", "orange-thing.safetensors", "config.json", "history.jsonl", "loss.png", "samples.png", "checkpoint.pkl"):
+        assert (out / name).is_file(), name
+    embeds = load_file(str(out / "learned_embeds.safetensors"))
+    assert list(embeds) == ["<orange-thing>"] and embeds["<orange-thing>"].ndim == 1
+    assert load_file(str(out / "orange-thing.safetensors"))["emb_params"].shape == (1, embeds["<orange-thing>"].shape[0])
+    config = json.loads((out / "config.json").read_text())
+    assert config["result"]["stop_generation"] == len((out / "history.jsonl").read_text().splitlines())
+    assert Image.open(out / "loss.png").size == (640, 360)
+
+
+def test_learned_file_loads_in_diffusers_and_conditions_like_onnx(concept, tmp_path, sd, torch_pipeline):
+    torch = pytest.importorskip("torch")
+    from edgeinv.embedding_files import save_embedding
+    from edgeinv.onnx_model import OnnxStableDiffusion
+
+    result = invert(InvertConfig(images=str(concept), token="<orange-ish>", **FAST), tmp_path / "run", warn=lambda m: None)
+    path = save_embedding(tmp_path / "run", "<orange-ish>", result.vector)["diffusers"]
+    model = OnnxStableDiffusion(sd.folder)
+    model.add_token("<orange-ish>", result.vector[0])
+    ours = model.encode_prompts(["a photo of a <orange-ish> on the left"])
+    torch_pipeline.load_textual_inversion(str(path))
+    try:
+        ids = torch_pipeline.tokenizer(["a photo of a <orange-ish> on the left"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+        with torch.no_grad():
+            theirs = torch_pipeline.text_encoder(ids).last_hidden_state.numpy()
+    finally:
+        torch_pipeline.unload_textual_inversion()
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+
+def test_invert_never_imports_torch(concept, tmp_path):
+    script = (
+        "import sys\nfrom edgeinv.cli import main\n"
+        f"sys.argv = ['edgeinv', 'invert', {str(concept)!r}, '--out', {str(tmp_path / 'run')!r}, *{CLI_FAST!r}]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\nprint('torch-free')"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0 and "torch-free" in done.stdout, done.stderr
+
+
+def test_nan_losses_stop_with_a_clear_error(concept, tmp_path, monkeypatch):
+    from edgeinv import objective
+
+    monkeypatch.setattr(objective.Objective, "losses", lambda self, vectors, evaluation: np.full(len(vectors), np.nan))
+    with pytest.raises(UserError, match="NaN"):
+        invert(InvertConfig(images=str(concept), **FAST), tmp_path / "run", warn=lambda m: None)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--token", "circle"], "already a word"),
+    (["--resume"], "--resume needs --out"),
+    (["--timesteps", "0.8", "0.2"], "--timesteps"),
+])
+def test_cli_user_errors(concept, args, message):
+    done = subprocess.run([sys.executable, "-m", "edgeinv.cli", "invert", str(concept), *CLI_FAST, *args], capture_output=True, text=True)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_resume_with_other_settings_is_refused(concept, tmp_path):
+    config = InvertConfig(images=str(concept), **FAST)
+    invert(config, tmp_path / "run", warn=lambda m: None)
+    with pytest.raises(UserError, match="other settings"):
+        invert(InvertConfig(images=str(concept), **{**FAST, "seed": 99}), tmp_path / "run", resume=True, warn=lambda m: None)
