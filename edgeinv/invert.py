@@ -96,6 +96,7 @@ class InvertResult:
     init_seconds: float
     total_seconds: float
     out_dir: Path | None = None
+    trajectory: dict[int, np.ndarray] = field(default_factory=dict)  # generation -> token vector of the optimiser's mean
 
 
 # ---------------------------------------------------------------- initialisation
@@ -253,6 +254,7 @@ def invert(
         vector=vector, history=history, stopped_by=stopped_by, stop_generation=generation, chosen=names[best],
         heldout_loss=float(heldout_losses[best]), init_loss=float(heldout_losses[names.index("init")]),
         init_seconds=init_seconds, total_seconds=time.time() - start, out_dir=out_dir,
+        trajectory={g: vectors(z[None])[0] for g, z in means.items()},
     )
 
 

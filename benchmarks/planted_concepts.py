@@ -1,0 +1,180 @@
+"""Planted concepts: can inversion recover an embedding we hid? Against GF-TI's recipe, with DVAR.
+
+    python benchmarks/planted_concepts.py [--concepts 8] [--gfti-seconds 180] [--budget 300]
+
+Each concept is a hidden token vector (a blend of two colour words, so the default model
+can draw it but has no word for it). Five pictures are drawn with it; `edgeinv invert`
+learns a token from them. Recovery on held-out noise and timesteps (64 samples the search
+never sees):
+
+    R = (L_init - L_found) / (L_init - L_planted)
+
+where L_init is the loss of the common starting vector ("photo"). Tables:
+1. edgeinv (defaults, DVAR on): R, checker agreement (does the learned token draw the
+   planted colour?), generations, UNet forwards, wall time.
+2. GF-TI's published recipe on the same concepts and start: fresh noise per candidate, the
+   VAE re-encoding the images for every evaluation, candidates one at a time, d = all PCA
+   directions (256 on SD; 64 = the tiny model's width), unscaled, population 20, sigma0 = 1,
+   best of the last generation. Time and UNet forwards until it reaches edgeinv's R.
+3. DVAR: the same search run to the full budget; stop generation and R at the stop vs R at
+   the budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from edgeinv import shapes
+from edgeinv.generate import generate
+from edgeinv.invert import InvertConfig, invert
+from edgeinv.objective import LatentCache, Objective, draw_evaluation_set
+from edgeinv.onnx_model import OnnxStableDiffusion
+from edgeinv.optimizers import CmaEs
+from edgeinv.subspace import pca_basis
+
+BLENDS = [("red", "yellow"), ("red", "blue"), ("blue", "green"), ("yellow", "green"), ("purple", "red"),
+          ("blue", "yellow"), ("green", "purple"), ("yellow", "purple"), ("red", "green"), ("blue", "purple")]
+START_WORD = "photo"
+
+
+def word(model, text: str) -> np.ndarray:
+    return model.token_table[model.tokenizer.token_id(text + "</w>")]
+
+
+def majority(readings) -> tuple[str | None, str | None]:
+    colors = [r.color for r in readings if r.color]
+    return (max(set(colors), key=colors.count) if colors else None), None
+
+
+def plant(model, vector: np.ndarray, folder, seed: int, count: int = 5):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    token = f"<planted-{seed}>"
+    model.add_token(token, vector)
+    images = generate(model, f"a photo of a {token}", n=count, seed=seed, steps=25)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    return images
+
+
+class Recovery:
+    """L(vector) on a large held-out set of the planted pictures, and R."""
+
+    def __init__(self, model, images: np.ndarray, planted: np.ndarray, start: np.ndarray, seed: int):
+        token_id = model.tokenizer.add_token(f"<judge-{seed}>")
+        self.objective = Objective(model, [token_id], f"<judge-{seed}>", "object")
+        cache = LatentCache.encode(model, images)
+        self.evaluation = draw_evaluation_set(cache, len(self.objective.captions), 64, np.random.default_rng([seed, 99]), model.vae_scaling_factor)
+        self.l_planted, self.l_start = self.objective.losses(np.stack([planted, start]), self.evaluation)
+
+    def __call__(self, vector: np.ndarray) -> float:
+        loss = self.objective.losses(np.asarray(vector).reshape(1, -1), self.evaluation)[0]
+        return float((self.l_start - loss) / (self.l_start - self.l_planted))
+
+
+def checker_color(model, vector: np.ndarray, seed: int) -> str | None:
+    token = f"<check-{seed}-{np.random.default_rng(seed).integers(1e9)}>"
+    model.add_token(token, vector)
+    return majority([shapes.read_image(im) for im in generate(model, f"a photo of a {token}", n=6, seed=seed + 777, steps=25)])[0]
+
+
+def gfti(model, images: np.ndarray, start: np.ndarray, recovery: Recovery, target_r: float, seconds: float, seed: int, samples: int) -> dict:
+    """GF-TI's recipe; returns time/forwards when R first reaches target_r (or the cap)."""
+    token_id = model.tokenizer.add_token(f"<gfti-{seed}>")
+    objective = Objective(model, [token_id], f"<gfti-{seed}>", "object")
+    _, _, directions = np.linalg.svd(model.token_table - model.token_table.mean(0), full_matrices=False)
+    basis = directions[: min(256, model.hidden_size)].astype(np.float32)  # unit directions, as published
+    optimizer = CmaEs(np.zeros(len(basis)), 1.0, 20, seed)
+    rng = np.random.default_rng([seed, 5])
+    spent, forwards, generation, r = 0.0, 0, 0, -np.inf
+    while spent < seconds:
+        tick = time.time()
+        points = optimizer.ask()
+        losses = []
+        for point in points:  # one candidate at a time, images re-encoded, fresh noise each
+            cache = LatentCache.encode(model, images)
+            evaluation = draw_evaluation_set(cache, len(objective.captions), samples, rng, model.vae_scaling_factor)
+            losses.append(objective.losses((start + point.astype(np.float32) @ basis)[None], evaluation)[0])
+            forwards += samples
+        optimizer.tell(points, np.array(losses))
+        spent += time.time() - tick
+        generation += 1
+        best_of_generation = start + points[int(np.argmin(losses))].astype(np.float32) @ basis
+        r = recovery(best_of_generation)  # judged outside the timed region
+        if r >= target_r:
+            return {"reached": True, "seconds": spent, "forwards": forwards, "generations": generation, "r": r}
+    return {"reached": False, "seconds": spent, "forwards": forwards, "generations": generation, "r": r}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--concepts", type=int, default=8)
+    parser.add_argument("--budget", type=int, default=300, help="generations for the full-budget (no DVAR) runs")
+    parser.add_argument("--gfti-seconds", type=float, default=180, help="cap on GF-TI's search time per concept")
+    parser.add_argument("--skip-gfti", action="store_true")
+    parser.add_argument("--workdir", default="/tmp/edgeinv-planted")
+    args = parser.parse_args()
+
+    from pathlib import Path
+
+    rows = []
+    for index, (a, b) in enumerate(BLENDS[: args.concepts]):
+        model = OnnxStableDiffusion(args.model)
+        planted = 0.5 * (word(model, a) + word(model, b))
+        start = word(model, START_WORD)
+        folder = Path(args.workdir) / f"{a}-{b}"
+        images = plant(model, planted, folder, seed=index)
+        planted_color = majority([shapes.read_image(im) for im in images])[0]
+        recovery = Recovery(model, images, planted, start, seed=index)
+
+        ours = invert(InvertConfig(images=str(folder), init=[START_WORD], seed=index, token=f"<ours-{index}>"), warn=lambda m: None, model=model)
+        full = invert(InvertConfig(images=str(folder), init=[START_WORD], seed=index, token=f"<full-{index}>", budget=args.budget, dvar_threshold=-1.0),
+                      warn=lambda m: None, model=model)
+        stop = ours.stop_generation - 1
+        row = {
+            "concept": f"{a}+{b}", "planted_color": planted_color,
+            "r": recovery(ours.vector[0]), "color": checker_color(model, ours.vector[0], index),
+            "generations": ours.stop_generation, "forwards": ours.history[-1].unet_evaluations, "seconds": ours.total_seconds,
+            "full_r": recovery(full.vector[0]), "full_generations": full.stop_generation,
+            "mean_r_at_stop": recovery(full.trajectory[stop]) if stop in full.trajectory else float("nan"),
+        }
+        if not args.skip_gfti:
+            row["gfti"] = gfti(model, images, start, recovery, row["r"], args.gfti_seconds, index, samples=8)
+        rows.append(row)
+        print(f"{row['concept']}: R {row['r']:.3f} in {row['seconds']:.0f}s; full {row['full_r']:.3f}; gfti {row.get('gfti')}", flush=True)
+
+    print("\n### edgeinv invert (defaults, DVAR on) on planted concepts\n")
+    print("| concept | R | checker: planted colour | learned token draws | generations | UNet forwards | wall (s) |")
+    print("| --- | ---: | --- | --- | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['concept']} | {r['r']:.3f} | {r['planted_color']} | {r['color']} | {r['generations']} | {r['forwards']} | {r['seconds']:.0f} |")
+    agree = np.mean([r["color"] == r["planted_color"] for r in rows])
+    print(f"| **mean** | **{np.mean([r['r'] for r in rows]):.3f}** | | agreement {agree:.0%} | {np.mean([r['generations'] for r in rows]):.0f} | "
+          f"{np.mean([r['forwards'] for r in rows]):.0f} | {np.mean([r['seconds'] for r in rows]):.0f} |")
+
+    if not args.skip_gfti:
+        print("\n### GF-TI's recipe until it reaches edgeinv's R (same concepts, same start)\n")
+        print("| concept | edgeinv R | GF-TI reached | GF-TI R | GF-TI time (s) | edgeinv time (s) | time ratio | UNet forwards ratio |")
+        print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+        for r in rows:
+            g = r["gfti"]
+            mark = "" if g["reached"] else ">"
+            print(f"| {r['concept']} | {r['r']:.3f} | {'yes' if g['reached'] else 'no (capped)'} | {g['r']:.3f} | {mark}{g['seconds']:.0f} | {r['seconds']:.0f} | "
+                  f"{mark}{g['seconds'] / r['seconds']:.1f}x | {mark}{g['forwards'] / r['forwards']:.1f}x |")
+
+    print("\n### DVAR stop vs the full budget\n")
+    print("| concept | DVAR stop (generation) | budget | R at DVAR stop | R of the mean at that generation (full run) | R at budget |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['concept']} | {r['generations']} | {r['full_generations']} | {r['r']:.3f} | {r['mean_r_at_stop']:.3f} | {r['full_r']:.3f} |")
+    print(f"| **mean** | {np.mean([r['generations'] for r in rows]):.0f} | {np.mean([r['full_generations'] for r in rows]):.0f} | "
+          f"{np.mean([r['r'] for r in rows]):.3f} | {np.nanmean([r['mean_r_at_stop'] for r in rows]):.3f} | {np.mean([r['full_r'] for r in rows]):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
