@@ -151,12 +151,13 @@ def generate(prompt, model, embeddings, tokens, negative, steps, guidance, sched
 @click.option("--dvar-window", default=4000, show_default=True, type=click.IntRange(1), help="DVAR window in UNet sample-evaluations")
 @click.option("--dvar-threshold", default=0.15, show_default=True, type=float, help="stop when var(window)/var(history) falls below this")
 @click.option("--timesteps", default=(0.0, 1.0), show_default=True, type=(float, float), help="train on this fraction range of the schedule")
+@click.option("--flip/--no-flip", default=True, show_default=True, help="also learn from mirrored pictures")
 @click.option("--chunk-size", default=64, show_default=True, type=click.IntRange(1), help="UNet rows per ONNX Runtime call (bounds memory)")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--threads", default=None, type=click.IntRange(1), help="ONNX Runtime threads [default: all cores]")
 @click.option("--no-samples", is_flag=True, help="skip drawing samples.png")
 def invert(images, model, token, init_words, init_candidates, concept_kind, out, resume, seed, budget, popsize, dim, subspace, samples,
-           dvar_window, dvar_threshold, timesteps, chunk_size, device, threads, no_samples) -> None:
+           dvar_window, dvar_threshold, timesteps, flip, chunk_size, device, threads, no_samples) -> None:
     """Learn TOKEN from the pictures in IMAGES with forward passes only (torch is not used).
 
     Writes learned_embeds.safetensors (diffusers), <token>.safetensors (AUTOMATIC1111,
@@ -177,7 +178,7 @@ def invert(images, model, token, init_words, init_candidates, concept_kind, out,
         raise UserError(f"--timesteps {timesteps[0]} {timesteps[1]}: give 0 <= low < high <= 1")
     config = InvertConfig(images=str(images), model=str(model) if model else None, token=token, init=list(init_words), init_candidates=init_candidates, property=concept_kind,
                           seed=seed, budget=budget, popsize=popsize, dim=dim, subspace=subspace, samples=samples, dvar_window=dvar_window,
-                          dvar_threshold=dvar_threshold, timesteps=tuple(timesteps), chunk_size=chunk_size, device=device, threads=threads)
+                          dvar_threshold=dvar_threshold, timesteps=tuple(timesteps), flip=flip, chunk_size=chunk_size, device=device, threads=threads)
     sd = OnnxStableDiffusion(model, device=device, threads=threads)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 

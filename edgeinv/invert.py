@@ -61,6 +61,7 @@ class InvertConfig:
     dvar_batch: int = 4
     heldout: int = 32
     timesteps: tuple[float, float] = (0.0, 1.0)
+    flip: bool = True  # mirrored copies of the pictures; off when left/right matters
     init_candidates: int = 1000
     chunk_size: int = 64
     device: str = "auto"
@@ -177,7 +178,7 @@ def invert(
 
     def evaluation_set(purpose: int, size: int, generation: int = 0, in_order: bool = False):
         rng = np.random.default_rng([config.seed, purpose, generation])
-        return draw_evaluation_set(cache, len(objective.captions), size, rng, model.vae_scaling_factor, steps, in_order=in_order)
+        return draw_evaluation_set(cache, len(objective.captions), size, rng, model.vae_scaling_factor, steps, flip=config.flip, in_order=in_order)
 
     frozen = evaluation_set(1, config.dvar_batch, in_order=True)  # DVAR's deterministic batch
     heldout = evaluation_set(2, config.heldout)  # only for the final choice
@@ -187,8 +188,9 @@ def invert(
         e0, ranking = word_vector(model, config.init), []
     else:
         e0, ranking = visual_init(objective, model, frozen, config.init_candidates)
-        warn(f"visual initialisation: closest words {', '.join(f'{w} ({l:.4f})' for w, l in ranking[:3])}")
     init_seconds = time.time() - init_start
+    if ranking:
+        warn(f"visual initialisation ({config.init_candidates} words ranked in {init_seconds:.1f}s): closest {', '.join(f'{w} ({l:.4f})' for w, l in ranking[:3])}")
     basis = make_basis(config.subspace, model.token_table, config.dim, config.seed)
 
     def vectors(points: np.ndarray) -> np.ndarray:

@@ -56,3 +56,30 @@ def onnx_copy(tmp_path) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+def run_cli_without_torch(args: list[str]):
+    """Run `edgeinv ARGS` in a fresh interpreter and fail if torch got imported."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\nfrom edgeinv.cli import main\n"
+        f"sys.argv = ['edgeinv', *{list(map(str, args))!r}]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\nprint('torch-free')"
+    )
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+
+
+def diffusers_text_states(pipeline, embedding_path, prompt: str) -> np.ndarray:
+    """Text-encoder states for `prompt` after diffusers' own load_textual_inversion."""
+    import torch
+
+    pipeline.load_textual_inversion(str(embedding_path))
+    try:
+        ids = pipeline.tokenizer([prompt], padding="max_length", max_length=77, return_tensors="pt").input_ids
+        with torch.no_grad():
+            return pipeline.text_encoder(ids).last_hidden_state.numpy()
+    finally:
+        pipeline.unload_textual_inversion()

@@ -9,6 +9,7 @@ from PIL import Image
 
 from edgeinv import __version__
 from edgeinv.cli import main
+from tests.conftest import run_cli_without_torch
 
 
 def run(*args):
@@ -52,11 +53,5 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path):
 
 
 def test_generate_never_imports_torch(tmp_path):
-    script = (
-        "import sys\nfrom edgeinv.cli import main\n"
-        f"sys.argv = ['edgeinv', 'generate', 'a blue star', '--steps', '2', '-n', '1', '--out', {str(tmp_path / 'x.png')!r}]\n"
-        "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\nprint('torch-free')"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    done = run_cli_without_torch(["generate", "a blue star", "--steps", "2", "-n", "1", "--out", tmp_path / "x.png"])
     assert done.returncode == 0 and "torch-free" in done.stdout, done.stderr

@@ -15,6 +15,7 @@ from safetensors.numpy import load_file
 from edgeinv.errors import UserError
 from edgeinv.invert import InvertConfig, invert
 from edgeinv.shapes import random_scene, render
+from tests.conftest import diffusers_text_states, run_cli_without_torch
 
 # Small settings: a few seconds per run on 2 cores.
 FAST = dict(budget=6, dim=4, popsize=4, samples=2, heldout=4, init=["red"], dvar_window=40)
@@ -82,7 +83,7 @@ def test_run_folder_has_every_output(concept, tmp_path):
 
 
 def test_learned_file_loads_in_diffusers_and_conditions_like_onnx(concept, tmp_path, sd, torch_pipeline):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from edgeinv.embedding_files import save_embedding
     from edgeinv.onnx_model import OnnxStableDiffusion
 
@@ -90,25 +91,12 @@ def test_learned_file_loads_in_diffusers_and_conditions_like_onnx(concept, tmp_p
     path = save_embedding(tmp_path / "run", "<orange-ish>", result.vector)["diffusers"]
     model = OnnxStableDiffusion(sd.folder)
     model.add_token("<orange-ish>", result.vector[0])
-    ours = model.encode_prompts(["a photo of a <orange-ish> on the left"])
-    torch_pipeline.load_textual_inversion(str(path))
-    try:
-        ids = torch_pipeline.tokenizer(["a photo of a <orange-ish> on the left"], padding="max_length", max_length=77, return_tensors="pt").input_ids
-        with torch.no_grad():
-            theirs = torch_pipeline.text_encoder(ids).last_hidden_state.numpy()
-    finally:
-        torch_pipeline.unload_textual_inversion()
-    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    prompt = "a photo of a <orange-ish> on the left"
+    np.testing.assert_allclose(model.encode_prompts([prompt]), diffusers_text_states(torch_pipeline, path, prompt), atol=1e-4)
 
 
 def test_invert_never_imports_torch(concept, tmp_path):
-    script = (
-        "import sys\nfrom edgeinv.cli import main\n"
-        f"sys.argv = ['edgeinv', 'invert', {str(concept)!r}, '--out', {str(tmp_path / 'run')!r}, *{CLI_FAST!r}]\n"
-        "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\nprint('torch-free')"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    done = run_cli_without_torch(["invert", concept, "--out", tmp_path / "run", *CLI_FAST])
     assert done.returncode == 0 and "torch-free" in done.stdout, done.stderr
 
 
