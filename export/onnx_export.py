@@ -105,7 +105,9 @@ def _export(module: torch.nn.Module, args: tuple, path: Path, input_names: list[
                 dynamic_axes=dynamic_axes, opset_version=OPSET, do_constant_folding=True, dynamo=False,
             )
         model = onnx.load(str(raw), load_external_data=True)
-        if model.ByteSize() > TWO_GB or any(p.name != "model.onnx" for p in Path(tmp).iterdir()):
+        # ByteSize() itself fails past 2 GB, so add up the weights instead.
+        weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
+        if weight_bytes > TWO_GB - (64 << 20) or any(p.name != "model.onnx" for p in Path(tmp).iterdir()):
             # Over protobuf's limit: one external-data file, not hundreds of loose tensors.
             onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx_data", size_threshold=1024)
         else:

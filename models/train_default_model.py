@@ -5,7 +5,10 @@ CLIPTextModel + SD 1.x's CLIP tokenizer, diffusers UNet2DConditionModel and Auto
 a scaled-linear DDIM scheduler), only narrower: 64x64 pictures, 16x16x4 latents. The data
 is drawn on the fly by `edgeinv.shapes` from a seed, so the whole model is reproducible:
 
-    python models/train_default_model.py --out models/tiny-sd-shapes --seed 0
+    python models/train_default_model.py --out models/tiny-sd-shapes --seed 0 --steps 3000 --stop-after 2000 --decoder-steps 0
+    python models/train_default_model.py --out models/tiny-sd-shapes --seed 0 --only-decoder --decoder-steps 1500
+
+(the shipped model: the two commands above; one command without --decoder-steps 0 does both)
 
 Stages: (1) the VAE learns to reconstruct shapes; (2) latents of a fixed training set are
 encoded once; (3) text encoder + UNet learn epsilon-prediction with 10% empty captions
@@ -226,6 +229,7 @@ def main() -> None:
     parser.add_argument("--vae-batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=3500)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--stop-after", type=int, default=None, help="end after this many steps of the --steps schedule (the shipped model: 2000 of 3000)")
     parser.add_argument("--lr", type=float, default=6e-4)
     parser.add_argument("--ema", type=float, default=0.995)
     parser.add_argument("--save-every", type=int, default=500)
@@ -299,7 +303,8 @@ def main() -> None:
     unet.train()
     text_encoder.train()
     running = None
-    for step in range(args.steps):
+    last_step = min(args.steps, args.stop_after or args.steps)
+    for step in range(last_step):
         index = torch.from_numpy(rng.integers(0, len(images), args.batch))
         latents = (latent_mean[index] + latent_std[index] * torch.randn_like(latent_mean[index])) * scaling_factor
         # No horizontal flips: captions say "on the left" / "on the right".
@@ -327,7 +332,7 @@ def main() -> None:
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 50 == 0:
             log(f"step {step} loss {loss.item():.4f} (running {running:.4f}) lr {schedule.get_last_lr()[0]:.2e}")
-        if (step + 1) % args.save_every == 0 or step == args.steps - 1:
+        if (step + 1) % args.save_every == 0 or step == last_step - 1:
             save_pipeline(args.out, vae, ema_text_encoder, tokenizer, ema_unet, scheduler, staging)
             (args.out / "training.json").write_text(json.dumps({"step": step + 1, **{k: str(v) for k, v in vars(args).items()}, "running_loss": running, "seconds": time.time() - start}, indent=2))
             log(f"saved {args.out} at step {step + 1}")

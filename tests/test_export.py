@@ -11,37 +11,11 @@ import pytest
 from edgeinv import manifest
 from edgeinv.errors import UserError
 from edgeinv.onnx_model import OnnxStableDiffusion
+from edgeinv_export.parity import PROMPTS, graph_differences
 from tests.conftest import DIFFUSERS_DIR, ONNX_DIR
 
 torch = pytest.importorskip("torch")
-PROMPTS = ["a photo of a large red circle on the left", "a small blue star", ""]
 TOLERANCE = 1e-4
-
-
-def graph_differences(pipeline, folder) -> dict[str, float]:
-    model = OnnxStableDiffusion(folder)
-    rng = np.random.default_rng(0)
-    ids = model.tokenizer(PROMPTS)
-    with torch.no_grad():
-        states = pipeline.text_encoder(torch.from_numpy(ids)).last_hidden_state.numpy()
-    diffs = {"text_encoder(inputs_embeds)": np.abs(model.encode_prompts(PROMPTS) - states).max()}
-    ids_outputs = model.session(manifest.TEXT_ENCODER_IDS).run(["last_hidden_state"], {"input_ids": ids})[0]
-    diffs["text_encoder(input_ids)"] = np.abs(ids_outputs - states).max()
-
-    latents = rng.standard_normal((3, model.latent_channels, model.latent_size, model.latent_size)).astype(np.float32)
-    timesteps = np.array([1, 500, 999], np.float32)
-    with torch.no_grad():
-        expected = pipeline.unet(torch.from_numpy(latents), torch.from_numpy(timesteps), torch.from_numpy(states)).sample.numpy()
-    diffs["unet"] = np.abs(model.unet(latents, timesteps, states) - expected).max()
-
-    images = rng.uniform(-1, 1, (2, 3, model.image_size, model.image_size)).astype(np.float32)
-    with torch.no_grad():
-        posterior = pipeline.vae.encode(torch.from_numpy(images)).latent_dist
-        decoded = pipeline.vae.decode(torch.from_numpy(latents[:2])).sample.numpy()
-    mean, std = model.vae_encode(images)
-    diffs["vae_encoder"] = max(np.abs(mean - posterior.mean.numpy()).max(), np.abs(std - posterior.std.numpy()).max())
-    diffs["vae_decoder"] = np.abs(model.vae_decode(latents[:2] * model.vae_scaling_factor) - decoded).max()
-    return diffs
 
 
 def test_fresh_export_matches_pytorch(torch_pipeline, fresh_export):

@@ -32,7 +32,8 @@ def test_single_file_loads_the_same_weights(single_file, torch_pipeline):
 def test_single_file_export_matches_pytorch(single_file, torch_pipeline, tmp_path):
     from edgeinv_export.load import load_pipeline
     from edgeinv_export.onnx_export import export_pipeline
-    from tests.test_export import TOLERANCE, graph_differences
+    from edgeinv_export.parity import graph_differences
+    from tests.test_export import TOLERANCE
 
     export_pipeline(load_pipeline(str(single_file), config=str(DIFFUSERS_DIR)), tmp_path / "onnx", str(single_file))
     differences = graph_differences(torch_pipeline, tmp_path / "onnx")
