@@ -107,7 +107,7 @@ def vocabulary_shortlist(model: OnnxStableDiffusion, count: int) -> np.ndarray:
     """Whole-word, alphabetic tokens in BPE merge order (roughly by frequency): model-agnostic."""
     tokens = []
     for token_id in range(512, model.tokenizer.base_vocab_size - 2):
-        text = model.tokenizer._tokenizer.id_to_token(token_id)
+        text = model.tokenizer.id_to_token(token_id)
         if text and text.endswith("</w>") and text[:-4].isalpha() and len(text) >= 7:
             tokens.append(token_id)
             if len(tokens) == count:
@@ -116,7 +116,8 @@ def vocabulary_shortlist(model: OnnxStableDiffusion, count: int) -> np.ndarray:
 
 
 def word_vector(model: OnnxStableDiffusion, words: list[str]) -> np.ndarray:
-    ids = [i for word in words for i in model.tokenizer(word)[0] if i not in (model.tokenizer.pad_id, model.tokenizer.eos_id, 49406)]
+    specials = (model.tokenizer.pad_id, model.tokenizer.eos_id, model.tokenizer.bos_id)
+    ids = [i for word in words for i in model.tokenizer(word)[0] if i not in specials]
     if not ids:
         raise UserError(f"--init {' '.join(words)!r} gives no tokens; use ordinary words such as --init dog")
     return model.token_table[ids].mean(axis=0)
@@ -127,7 +128,7 @@ def visual_init(objective: Objective, model: OnnxStableDiffusion, frozen, count:
     shortlist = vocabulary_shortlist(model, count)
     losses = np.concatenate([objective.losses(model.token_table[shortlist[i : i + batch]], frozen) for i in range(0, len(shortlist), batch)])
     order = np.argsort(losses)
-    best = [(model.tokenizer._tokenizer.id_to_token(int(shortlist[i]))[:-4], float(losses[i])) for i in order[:5]]
+    best = [(model.tokenizer.id_to_token(int(shortlist[i]))[:-4], float(losses[i])) for i in order[:5]]
     return model.token_table[shortlist[order[0]]].copy(), best
 
 

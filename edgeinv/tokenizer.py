@@ -55,6 +55,7 @@ class ClipTokenizer:
         pad = pad["content"] if isinstance(pad, dict) else pad
         self.pad_id = self._tokenizer.token_to_id(pad)
         self.eos_id = self._tokenizer.token_to_id("<|endoftext|>")
+        self.bos_id = self._tokenizer.token_to_id("<|startoftext|>")
         self.base_vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
         self.added: list[str] = []
 
@@ -64,6 +65,9 @@ class ClipTokenizer:
 
     def token_id(self, token: str) -> int | None:
         return self._tokenizer.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self._tokenizer.id_to_token(token_id)
 
     def tokens(self, text: str) -> list[str]:
         return self._tokenizer.encode(text, add_special_tokens=False).tokens

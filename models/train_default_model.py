@@ -115,6 +115,13 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
+def cosine_adamw(parameters, lr: float, steps: int):
+    """AdamW without weight decay, its learning rate decaying by a cosine to 5% over `steps`."""
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+    return optimizer, schedule
+
+
 def shape_weighted_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """L2 + L1 with the (saturated) shape pixels weighted 9x against the neutral background."""
     saturation = target.max(1, keepdim=True).values - target.min(1, keepdim=True).values
@@ -126,8 +133,7 @@ def train_vae(vae: AutoencoderKL, images: np.ndarray, steps: int, batch: int, rn
     """Random crops (the VAE is convolutional: 4x cheaper per sample) and a loss that weighs
     the shape's pixels 9x: they are ~10% of a picture, and an unweighted loss learns the
     background long before the colours."""
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+    optimizer, schedule = cosine_adamw(vae.parameters(), 2e-3, steps)
     vae.train()
     for step in range(steps):
         x = to_tensor(images[rng.integers(0, len(images), batch)])
@@ -152,8 +158,7 @@ def finetune_decoder(vae: AutoencoderKL, images: np.ndarray, steps: int, batch: 
     vae.encoder.requires_grad_(False)
     vae.quant_conv.requires_grad_(False)
     decoder_parameters = [p for p in vae.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(decoder_parameters, lr=1e-3, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+    optimizer, schedule = cosine_adamw(decoder_parameters, 1e-3, steps)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     vae.train()
     for step in range(steps):
