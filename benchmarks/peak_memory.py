@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 INVERT = """
 import resource, sys, time, json
 sys.argv = ["edgeinv", "invert", {images!r}, "--model", {model!r}, "--out", {out!r}, "--budget", "2", "--popsize", "4",
-            "--samples", "2", "--chunk-size", "4", "--init", "photo", "--no-samples", "--dim", "16"]
+            "--samples", "2", "--heldout", "2", "--chunk-size", "4", "--init", "photo", "--no-samples", "--dim", "16"]
 from edgeinv.cli import main
 start = time.time()
 try:

@@ -133,9 +133,14 @@ def generate(prompt, model, embeddings, tokens, negative, steps, guidance, sched
     console.print(f"[green]saved[/] {out} ({count} image{'s' if count > 1 else ''}, {images.shape[2]}x{images.shape[1]})")
 
 
+METHOD_HELP = ("cma-es: forward passes only on ONNX Runtime (no torch). ti, dreambooth (LoRA), custom-diffusion: "
+               "the gradient methods in PyTorch (torch extra; --model is then a diffusers folder, .safetensors file or hub id)")
+
+
 @main.command()
 @click.argument("images", type=click.Path(path_type=Path))
-@click.option("--model", type=click.Path(path_type=Path), help=MODEL_HELP)
+@click.option("--method", default="cma-es", show_default=True, type=click.Choice(["cma-es", "ti", "dreambooth", "custom-diffusion"]), help=METHOD_HELP)
+@click.option("--model", help=MODEL_HELP + "; for the gradient methods the shipped model's diffusers folder")
 @click.option("--token", default="<concept>", show_default=True, help="the new word to learn; use it in prompts afterwards")
 @click.option("--init", "init_words", multiple=True, help="start from these words' vectors (repeatable); default: the closest vocabulary word by loss on your images")
 @click.option("--init-candidates", default=1000, show_default=True, type=click.IntRange(1), help="vocabulary words ranked by the visual initialisation")
@@ -143,76 +148,104 @@ def generate(prompt, model, embeddings, tokens, negative, steps, guidance, sched
 @click.option("--out", type=click.Path(path_type=Path), help="run folder (default: runs/<token>-<time>)")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--budget", default=300, show_default=True, type=click.IntRange(1), help="maximum generations")
-@click.option("--popsize", default=None, type=click.IntRange(2), help="candidates per generation [default: 4 + 3 ln dim]")
-@click.option("--dim", default=16, show_default=True, type=click.IntRange(1), help="search subspace dimension")
-@click.option("--subspace", default="pca", show_default=True, type=click.Choice(["pca", "random"]))
-@click.option("--samples", default=8, show_default=True, type=click.IntRange(1), help="evaluation samples per generation (shared by all candidates)")
-@click.option("--dvar-window", default=4000, show_default=True, type=click.IntRange(1), help="DVAR window in UNet sample-evaluations")
-@click.option("--dvar-threshold", default=0.15, show_default=True, type=float, help="stop when var(window)/var(history) falls below this")
+@click.option("--budget", default=None, type=click.IntRange(1), help="maximum generations (cma-es) or steps [default: the method's, see README]")
+@click.option("--popsize", default=None, type=click.IntRange(2), help="cma-es: candidates per generation [default: 4 + 3 ln dim]")
+@click.option("--dim", default=16, show_default=True, type=click.IntRange(1), help="cma-es: search subspace dimension")
+@click.option("--subspace", default="pca", show_default=True, type=click.Choice(["pca", "random"]), help="cma-es: search subspace")
+@click.option("--samples", default=8, show_default=True, type=click.IntRange(1), help="cma-es: evaluation samples per generation (shared by all candidates)")
+@click.option("--heldout", default=32, show_default=True, type=click.IntRange(1), help="held-out samples that choose the final vector")
+@click.option("--dvar-window", default=None, type=click.IntRange(1), help="DVAR window in UNet sample-evaluations [default: the method's]")
+@click.option("--dvar-threshold", default=None, type=float, help="stop when var(window)/var(history) falls below this [default: the method's]")
 @click.option("--timesteps", default=(0.0, 1.0), show_default=True, type=(float, float), help="train on this fraction range of the schedule")
 @click.option("--flip/--no-flip", default=True, show_default=True, help="also learn from mirrored pictures")
-@click.option("--chunk-size", default=64, show_default=True, type=click.IntRange(1), help="UNet rows per ONNX Runtime call (bounds memory)")
+@click.option("--chunk-size", default=64, show_default=True, type=click.IntRange(1), help="UNet rows per call (bounds memory)")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--threads", default=None, type=click.IntRange(1), help="ONNX Runtime threads [default: all cores]")
+@click.option("--lr", default=None, type=float, help="gradient methods: the token's learning rate [default: the method's]")
+@click.option("--weights-lr", default=None, type=float, help="dreambooth / custom-diffusion: learning rate of the UNet weights")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1), help="gradient methods: samples per step")
+@click.option("--rank", default=4, show_default=True, type=click.IntRange(1), help="dreambooth: LoRA rank")
+@click.option("--class-word", default=None, help="custom-diffusion: the class the prior pictures show [default: the --init words]")
+@click.option("--prior-images", default=8, show_default=True, type=click.IntRange(1), help="custom-diffusion: prior pictures the model draws")
+@click.option("--mixed-precision", default="no", show_default=True, type=click.Choice(["no", "bf16", "fp16"]), help="gradient methods (fp16 needs CUDA)")
+@click.option("--checkpoint-every", default=25, show_default=True, type=click.IntRange(1), help="gradient methods: steps between checkpoints")
 @click.option("--no-samples", is_flag=True, help="skip drawing samples.png")
-def invert(images, model, token, init_words, init_candidates, concept_kind, out, resume, seed, budget, popsize, dim, subspace, samples,
-           dvar_window, dvar_threshold, timesteps, flip, chunk_size, device, threads, no_samples) -> None:
-    """Learn TOKEN from the pictures in IMAGES with forward passes only (torch is not used).
+def invert(images, method, model, token, init_words, init_candidates, concept_kind, out, resume, seed, budget, popsize, dim, subspace, samples,
+           heldout, dvar_window, dvar_threshold, timesteps, flip, chunk_size, device, threads, lr, weights_lr, batch_size, rank, class_word,
+           prior_images, mixed_precision, checkpoint_every, no_samples) -> None:
+    """Learn TOKEN from the pictures in IMAGES (default method: forward passes only, no torch).
 
     Writes learned_embeds.safetensors (diffusers), <token>.safetensors (AUTOMATIC1111,
-    ComfyUI, InvokeAI), config.json, history.jsonl, loss.png and samples.png. Ctrl-C keeps
-    the last generation's checkpoint; --resume continues it exactly.
+    ComfyUI, InvokeAI), config.json, history.jsonl, loss.png and samples.png, plus
+    pytorch_lora_weights.safetensors (dreambooth) or pytorch_custom_diffusion_weights.safetensors
+    (custom-diffusion). Ctrl-C keeps the last checkpoint; --resume continues it exactly.
     """
     from edgeinv.embedding_files import file_stem, save_embedding
-    from edgeinv.invert import InvertConfig, invert as run
-    from edgeinv.onnx_model import OnnxStableDiffusion
+    from edgeinv.invert import InvertConfig
     from edgeinv.report import plot_loss, write_config, write_samples
 
     if resume and out is None:
         raise UserError("--resume needs --out RUN_FOLDER (the folder of the run to continue)")
-    if not resume and out is not None and (out / "checkpoint.pkl").exists():
+    if not resume and out is not None and any((out / name).exists() for name in ("checkpoint.pkl", "checkpoint.pt")):
         raise UserError(f"{out}: holds an earlier run; add --resume to continue it, or choose another --out")
     out = out or Path("runs") / f"{file_stem(token)}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not (0.0 <= timesteps[0] < timesteps[1] <= 1.0):
         raise UserError(f"--timesteps {timesteps[0]} {timesteps[1]}: give 0 <= low < high <= 1")
-    config = InvertConfig(images=str(images), model=str(model) if model else None, token=token, init=list(init_words), init_candidates=init_candidates, property=concept_kind,
-                          seed=seed, budget=budget, popsize=popsize, dim=dim, subspace=subspace, samples=samples, dvar_window=dvar_window,
-                          dvar_threshold=dvar_threshold, timesteps=tuple(timesteps), flip=flip, chunk_size=chunk_size, device=device, threads=threads)
-    sd = OnnxStableDiffusion(model, device=device, threads=threads)
+    config = InvertConfig(images=str(images), model=model, method=method, token=token, init=list(init_words), init_candidates=init_candidates,
+                          property=concept_kind, seed=seed, budget=budget, popsize=popsize, dim=dim, subspace=subspace, samples=samples, heldout=heldout,
+                          dvar_window=dvar_window, dvar_threshold=dvar_threshold, timesteps=tuple(timesteps), flip=flip, chunk_size=chunk_size,
+                          device=device, threads=threads, lr=lr, weights_lr=weights_lr, batch_size=batch_size, rank=rank, class_word=class_word,
+                          prior_images=prior_images, mixed_precision=mixed_precision, checkpoint_every=checkpoint_every).resolved()
+    if method == "cma-es":
+        from edgeinv.invert import invert as run
+        from edgeinv.onnx_model import OnnxStableDiffusion
+
+        sd = OnnxStableDiffusion(model, device=device, threads=threads)
+        unit = "generation"
+    else:
+        from edgeinv.gradient import train as run
+        from edgeinv.torch_model import TorchStableDiffusion
+
+        with console.status(f"loading {model or 'the default model'} in PyTorch"):
+            sd = TorchStableDiffusion(model, device=device)
+        unit = "step"
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    columns = [TextColumn("[bold]inverting"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    columns = [TextColumn(f"[bold]{method}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task("invert", total=budget, stats="encoding images")
+        task = bar.add_task("invert", total=config.budget, stats="encoding images")
 
         def show(record, _config) -> None:
-            ratio = "-" if record.dvar_ratio is None else f"{record.dvar_ratio:.2f}"
-            speed = record.unet_evaluations / max(record.seconds, 1e-9)
-            bar.update(task, completed=record.generation + 1,
-                       stats=f"best {record.best_loss:.4f} mean {record.mean_loss:.4f} det {record.deterministic_loss:.4f} dvar {ratio} {speed:.0f} evals/s")
+            bar.update(task, completed=record.number + 1, stats=record.progress_text())
 
         try:
-            result = run(config, out, resume=resume, progress=show, warn=lambda m: console.print(f"[yellow]{m}[/]", highlight=False), model=sd)
+            outcome = run(config, out, resume=resume, progress=show, warn=lambda m: console.print(f"[yellow]{m}[/]", highlight=False), model=sd)
         except KeyboardInterrupt:
             bar.stop()
-            console.print(f"[yellow]interrupted[/]; the last finished generation is saved. Continue with: edgeinv invert {images} --out {out} --resume")
+            console.print(f"[yellow]interrupted[/]; the last checkpoint is saved. Continue with: edgeinv invert {images} --method {method} --out {out} --resume")
             sys.exit(130)
-        bar.update(task, completed=budget if result.stopped_by == "budget" else result.stop_generation)
+        result, trained = outcome if isinstance(outcome, tuple) else (outcome, None)
+        bar.update(task, completed=config.budget if result.stopped_by == "budget" else result.stop_generation)
 
     paths = save_embedding(out, token, result.vector)
-    history = result.history
-    plot_loss(out / "loss.png", [g.deterministic_loss for g in history], result.stop_generation - 1 if result.stopped_by == "dvar" else None,
-              f"deterministic loss ({result.stopped_by} stop at generation {result.stop_generation})")
+    if trained is not None:
+        paths.update(trained.save_weights(out))
+    plot_loss(out / "loss.png", [g.deterministic_loss for g in result.history], result.stop_generation - 1 if result.stopped_by == "dvar" else None,
+              f"deterministic loss per {unit} ({result.stopped_by} stop at {unit} {result.stop_generation})", x_label=unit)
     write_config(out, config, result)
     if not no_samples:
         sd.learned[sd.tokenizer.token_id(token)] = result.vector[0]
         write_samples(out / "samples.png", sd, token, concept_kind, seed)
-    console.print(f"[green]learned[/] {token} in {result.total_seconds:.0f}s: stopped by {result.stopped_by} at generation {result.stop_generation}, "
+    console.print(f"[green]learned[/] {token} in {result.total_seconds:.0f}s: stopped by {result.stopped_by} at {unit} {result.stop_generation}, "
                   f"held-out loss {result.heldout_loss:.4f} (start {result.init_loss:.4f})")
     console.print(f"  {paths['diffusers']}  (diffusers: pipe.load_textual_inversion)")
     console.print(f"  {paths['a1111']}  (AUTOMATIC1111 / ComfyUI / InvokeAI: embeddings folder)")
-    console.print(f"  try: edgeinv generate \"a photo of a {token}\" --embedding {paths['diffusers']}")
+    if "lora" in paths:
+        console.print(f"  {paths['lora']}  (diffusers: pipe.load_lora_weights; with the token file above)")
+    if "custom_diffusion" in paths:
+        console.print(f"  {paths['custom_diffusion']}  (diffusers: pipe.unet.load_attn_procs(folder, weight_name=..., _pipeline=pipe); with the token file above)")
+    if method == "cma-es":
+        console.print(f"  try: edgeinv generate \"a photo of a {token}\" --embedding {paths['diffusers']}")
 
 
 if __name__ == "__main__":

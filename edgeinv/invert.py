@@ -25,7 +25,7 @@ import pickle
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,23 +41,45 @@ from edgeinv.subspace import make_basis
 CHECKPOINT = "checkpoint.pkl"
 
 
+@dataclass(frozen=True)
+class MethodDefaults:
+    budget: int  # generations (cma-es) or optimiser steps (gradient methods)
+    dvar_window: int  # in UNet sample-evaluations, see edgeinv/stopping.py
+    dvar_threshold: float
+    lr: float | None = None  # the token's learning rate (gradient methods)
+    weights_lr: float | None = None  # LoRA / K,V projections
+
+
+# cma-es: window and threshold from benchmarks/planted_concepts.py. The gradient methods start
+# from the DVAR paper's published settings (window 310 / 440 / 180 steps, at batch 4 here);
+# budgets and learning rates are scaled for the tiny default model (benchmarks/gradient_methods.py).
+METHOD_DEFAULTS = {
+    "cma-es": MethodDefaults(budget=300, dvar_window=4000, dvar_threshold=0.15),
+    "ti": MethodDefaults(budget=1500, dvar_window=310 * 4, dvar_threshold=0.15, lr=5e-3),
+    "dreambooth": MethodDefaults(budget=1000, dvar_window=440 * 4, dvar_threshold=0.4, lr=5e-3, weights_lr=5e-4),
+    "custom-diffusion": MethodDefaults(budget=500, dvar_window=180 * 4, dvar_threshold=0.15, lr=5e-3, weights_lr=1e-4),
+}
+GRADIENT_METHODS = ("ti", "dreambooth", "custom-diffusion")
+
+
 @dataclass
 class InvertConfig:
     images: str
     model: str | None = None
+    method: str = "cma-es"  # or a gradient method (edgeinv/gradient.py, needs torch)
     token: str = "<concept>"
     init: list[str] = field(default_factory=list)  # words; empty: visual initialisation
     property: str = "object"
     seed: int = 0
-    budget: int = 300  # generations at most
+    budget: int | None = None  # None: the method's default (METHOD_DEFAULTS)
     popsize: int | None = None  # None: pycma's 4 + 3 ln d
     dim: int = 16
     subspace: str = "pca"
     optimizer: str = "cma-es"
     sigma0: float = 1.0
     samples: int = 8  # evaluation samples per generation, shared by the population
-    dvar_window: int = 4000  # in UNet sample-evaluations, see edgeinv/stopping.py
-    dvar_threshold: float = 0.15
+    dvar_window: int | None = None  # in UNet sample-evaluations, see edgeinv/stopping.py
+    dvar_threshold: float | None = None
     dvar_batch: int = 4
     heldout: int = 32
     timesteps: tuple[float, float] = (0.0, 1.0)
@@ -66,10 +88,27 @@ class InvertConfig:
     chunk_size: int = 64
     device: str = "auto"
     threads: int | None = None
+    # gradient methods only
+    lr: float | None = None
+    weights_lr: float | None = None
+    batch_size: int = 4
+    rank: int = 4  # LoRA rank (dreambooth)
+    class_word: str | None = None  # custom-diffusion's prior class; default: the --init words or the visual init's word
+    prior_images: int = 8
+    prior_weight: float = 1.0
+    mixed_precision: str = "no"
+    checkpoint_every: int = 25
+
+    def resolved(self) -> "InvertConfig":
+        """This config with every None the method's default."""
+        if self.method not in METHOD_DEFAULTS:
+            raise UserError(f"--method {self.method}: unknown; choose one of {', '.join(METHOD_DEFAULTS)}")
+        defaults = asdict(METHOD_DEFAULTS[self.method])
+        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
 
     def fingerprint(self) -> str:
         """What must match for `--resume` to continue the same run."""
-        keys = {k: v for k, v in asdict(self).items() if k not in ("budget", "device", "threads", "chunk_size")}
+        keys = {k: v for k, v in asdict(self).items() if k not in ("budget", "device", "threads", "chunk_size", "checkpoint_every")}
         return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -83,6 +122,15 @@ class Generation:
     sigma: float
     unet_evaluations: int
     seconds: float
+
+    @property
+    def number(self) -> int:
+        return self.generation
+
+    def progress_text(self) -> str:
+        ratio = "-" if self.dvar_ratio is None else f"{self.dvar_ratio:.2f}"
+        return (f"best {self.best_loss:.4f} mean {self.mean_loss:.4f} det {self.deterministic_loss:.4f} dvar {ratio} "
+                f"{self.unet_evaluations / max(self.seconds, 1e-9):.0f} evals/s")
 
 
 @dataclass
@@ -170,6 +218,9 @@ def invert(
     model: OnnxStableDiffusion | None = None,
 ) -> InvertResult:
     start = time.time()
+    config = config.resolved()
+    if config.method != "cma-es":
+        raise UserError(f"--method {config.method} is a gradient method: edgeinv.gradient.train runs it (needs the torch extra)")
     model = model or OnnxStableDiffusion(config.model, device=config.device, threads=config.threads)
     image_set = load_images(config.images, model.image_size, warn=warn)
     token_ids = [model.tokenizer.add_token(config.token)]

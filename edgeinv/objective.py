@@ -87,6 +87,10 @@ def draw_evaluation_set(
 
 
 class Objective:
+    """The denoising loss of token vectors on evaluation sets. `model` is the ONNX model here;
+    the PyTorch methods (edgeinv/gradient.py) pass their own model with the same interface
+    and reuse `captions`, `base_vectors` and `noised`, so both compute one loss."""
+
     def __init__(self, model: OnnxStableDiffusion, token_ids: list[int], token: str, property: str, num_captions: int = 16, chunk_size: int = 64):
         self.model = model
         self.token_ids = token_ids
@@ -116,6 +120,13 @@ class Objective:
         position = {c: i for i, c in enumerate(used)}
         return states[:, [position[c] for c in caption_index]]
 
+    def noised(self, evaluation: EvaluationSet) -> tuple[np.ndarray, np.ndarray]:
+        """(UNet input: latents noised to their timesteps, the training target: noise or v)."""
+        a = self.alphas[evaluation.timesteps].astype(np.float32)[:, None, None, None]
+        noisy = np.sqrt(a) * evaluation.latents + np.sqrt(1 - a) * evaluation.noise
+        target = evaluation.noise if self.prediction_type == "epsilon" else np.sqrt(a) * evaluation.noise - np.sqrt(1 - a) * evaluation.latents
+        return noisy, target
+
     def losses(self, vectors: np.ndarray, evaluation: EvaluationSet) -> np.ndarray:
         """Mean denoising loss of each candidate [k, n_vec, d] on the set -> [k]."""
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -123,9 +134,7 @@ class Objective:
             vectors = vectors[:, None]
         k, m = len(vectors), len(evaluation)
         states = self.text_states(vectors, evaluation.caption_index)  # [k, m, 77, d]
-        a = self.alphas[evaluation.timesteps].astype(np.float32)[:, None, None, None]
-        noisy = np.sqrt(a) * evaluation.latents + np.sqrt(1 - a) * evaluation.noise
-        target = evaluation.noise if self.prediction_type == "epsilon" else np.sqrt(a) * evaluation.noise - np.sqrt(1 - a) * evaluation.latents
+        noisy, target = self.noised(evaluation)
         # Rows = candidate-major (candidate, sample) pairs, evaluated in chunks.
         rows = k * m
         states = states.reshape(rows, *states.shape[2:])

@@ -141,12 +141,7 @@ class OnnxStableDiffusion:
 
     def token_vectors(self, ids: np.ndarray, overrides: dict[int, np.ndarray] | None = None) -> np.ndarray:
         """Look ids up in the table; ids past the vocabulary take learned (or `overrides`) vectors."""
-        table = self.token_table
-        inside = np.minimum(ids, table.shape[0] - 1)
-        vectors = table[inside]
-        for token_id, vector in {**self.learned, **(overrides or {})}.items():
-            vectors[ids == token_id] = vector
-        return vectors
+        return lookup_token_vectors(self.token_table, {**self.learned, **(overrides or {})}, ids)
 
     def encode_vectors(self, vectors: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
         """Token vectors [b, 77, d] -> text-encoder states [b, 77, d]."""
@@ -184,6 +179,14 @@ class OnnxStableDiffusion:
     def vae_decode(self, latents: np.ndarray) -> np.ndarray:
         """Scaled latents -> images [b, 3, H, W] in [-1, 1]."""
         return self.session(manifest.VAE_DECODER).run(None, {"latent_sample": (latents / self.vae_scaling_factor).astype(np.float32)})[0]
+
+
+def lookup_token_vectors(table: np.ndarray, learned: dict[int, np.ndarray], ids: np.ndarray) -> np.ndarray:
+    """Rows of `table` for `ids`; learned tokens (ids past the vocabulary) take their vectors."""
+    vectors = table[np.minimum(ids, table.shape[0] - 1)]
+    for token_id, vector in learned.items():
+        vectors[ids == token_id] = vector
+    return vectors
 
 
 def _ids_dtype(session) -> type:

@@ -35,7 +35,7 @@ def write_config(out_dir: Path, config, result, extra: dict | None = None) -> No
     })
 
 
-def plot_loss(path: Path, values: list[float], stop: int | None, title: str, size=(640, 360)) -> None:
+def plot_loss(path: Path, values: list[float], stop: int | None, title: str, size=(640, 360), x_label: str = "generation") -> None:
     """A line plot of `values` with a vertical marker at index `stop`."""
     width, height = size
     left, right, top, bottom = 64, 16, 28, 36
@@ -54,7 +54,7 @@ def plot_loss(path: Path, values: list[float], stop: int | None, title: str, siz
             draw.text((4, top + fraction * (height - top - bottom) - 6), f"{level:.4f}", fill="#444444")
         draw.text((left, height - bottom + 6), "0", fill="#444444")
         draw.text((width - right - 40, height - bottom + 6), f"{len(y) - 1}", fill="#444444")
-        draw.text(((width - 80) // 2, height - 16), "generation", fill="#444444")
+        draw.text(((width - 80) // 2, height - 16), x_label, fill="#444444")
         draw.line(list(zip(xs.tolist(), ys.tolist())), fill="#1f77b4", width=2)
         if stop is not None and 0 <= stop < len(y):
             x = float(xs[stop])

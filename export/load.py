@@ -30,15 +30,17 @@ def load_pipeline(source: str, config: str | None = None):
     id giving the architecture, needed offline) or a hub id."""
     try:
         import torch  # noqa: F401
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.set_verbosity_error()  # before diffusers imports it: no notes about optional packages
+        transformers_logging.disable_progress_bar()
         from diffusers import StableDiffusionPipeline
         from diffusers.utils import logging as diffusers_logging
-        from transformers.utils import logging as transformers_logging
     except ImportError as error:
-        raise UserError(f"`edgeinv export` needs the torch extra ({error.name} is missing): pip install 'edgeinv[torch]'") from None
+        raise UserError(f"this command needs the torch extra ({error.name} is missing): pip install 'edgeinv[torch]'") from None
 
     diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
+    diffusers_logging.set_verbosity_error()
     path = Path(source)
     kwargs = {"safety_checker": None, "requires_safety_checker": False}
     if path.is_dir():

@@ -1,0 +1,362 @@
+"""The gradient methods in PyTorch: textual inversion, DreamBooth-LoRA, Custom Diffusion.
+
+They share everything with the forward-only search except the optimiser: the images are
+encoded once (`LatentCache`), the captions, evaluation sets and the loss come from
+edgeinv/objective.py, and DVAR from edgeinv/stopping.py. The loop (`train`):
+
+    images -> VAE latents (once) -> initial token vector e0 (--init words or visual init)
+    each step:
+        draw a training batch (seed, step): latents sampled from the cached distributions
+        loss = the objective's denoising loss, differentiable in the trainable parameters
+        (+ prior-preservation loss on the model's own class pictures for custom-diffusion)
+        AdamW step
+        deterministic loss on the frozen DVAR set -> stop?
+        checkpoint every `checkpoint_every` steps (atomic)
+    textual inversion: choose by held-out loss among the best snapshots; the other methods
+    keep the last weights (their snapshots would be large)
+
+A method is a class that owns its trainable parameters and knows how to save them; add one
+by writing such a class and registering it in METHODS.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeinv.data import load_images
+from edgeinv.errors import UserError
+from edgeinv.invert import InvertConfig, InvertResult, visual_init, word_vector, write_history, append_history
+from edgeinv.objective import EvaluationSet, LatentCache, Objective, draw_evaluation_set, timestep_range
+from edgeinv.stopping import Dvar, window_in_steps
+from edgeinv.torch_model import TorchStableDiffusion
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class Step:
+    step: int
+    loss: float  # the training batch's loss
+    deterministic_loss: float
+    dvar_ratio: float | None
+    unet_evaluations: int
+    seconds: float
+
+    @property
+    def number(self) -> int:
+        return self.step
+
+    def progress_text(self) -> str:
+        ratio = "-" if self.dvar_ratio is None else f"{self.dvar_ratio:.2f}"
+        return f"loss {self.loss:.4f} det {self.deterministic_loss:.4f} dvar {ratio} {self.unet_evaluations / max(self.seconds, 1e-9):.0f} evals/s"
+
+
+# ---------------------------------------------------------------- the differentiable loss
+
+
+def training_loss(objective: Objective, model: TorchStableDiffusion, token: torch.Tensor, evaluation: EvaluationSet) -> torch.Tensor:
+    """The objective's loss (objective.py: `Objective.losses`) for one token [n_vec, d], with gradients."""
+    noisy, target = objective.noised(evaluation)
+    ids = objective.caption_ids[evaluation.caption_index]
+    vectors = torch.from_numpy(objective.base_vectors[evaluation.caption_index]).to(model.device)
+    for slot, token_id in enumerate(objective.token_ids):
+        mask = torch.from_numpy(ids == token_id).to(model.device)[..., None]
+        vectors = torch.where(mask, token[slot].to(vectors.dtype), vectors)
+    states = model.text_states_torch(vectors)
+    prediction = model.unet_torch(torch.from_numpy(noisy), torch.from_numpy(evaluation.timesteps.astype(np.float32)), states)
+    return torch.nn.functional.mse_loss(prediction.float(), torch.from_numpy(target).to(model.device))
+
+
+# ---------------------------------------------------------------- methods
+
+
+class TextualInversion:
+    """Only the new token's vector learns. It is a separate parameter, so no other row of the
+    table can move: the diffusers example's "restore every other row after each step", by construction."""
+
+    name = "ti"
+
+    def __init__(self, model: TorchStableDiffusion, config: InvertConfig, e0: np.ndarray):
+        self.model = model
+        self.config = config
+        self.token = torch.nn.Parameter(torch.from_numpy(np.asarray(e0, dtype=np.float32).reshape(1, -1).copy()).to(model.device))
+
+    def parameter_groups(self) -> list[dict]:
+        return [{"params": [self.token], "lr": self.config.lr, "weight_decay": 1e-2}]
+
+    def trainables(self) -> dict[str, torch.Tensor]:
+        return {"token": self.token}
+
+    def save_weights(self, out_dir: Path) -> dict[str, Path]:
+        return {}
+
+
+class DreamBoothLora(TextualInversion):
+    """LoRA (peft) on the UNet's attention projections, plus the token."""
+
+    name = "dreambooth"
+    TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+    def __init__(self, model, config, e0):
+        super().__init__(model, config, e0)
+        from peft import LoraConfig
+
+        torch.manual_seed(config.seed)  # the LoRA A matrices' initial values
+        model.unet_module.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.rank, init_lora_weights="gaussian", target_modules=self.TARGETS))
+        self.weights = {name: p for name, p in model.unet_module.named_parameters() if p.requires_grad}
+
+    def parameter_groups(self):
+        return super().parameter_groups() + [{"params": list(self.weights.values()), "lr": self.config.weights_lr, "weight_decay": 1e-2}]
+
+    def trainables(self):
+        return {**super().trainables(), **{f"unet.{n}": p for n, p in self.weights.items()}}
+
+    def save_weights(self, out_dir: Path) -> dict[str, Path]:
+        from diffusers import StableDiffusionPipeline
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.model.unet_module))
+        return {"lora": _save_atomically(out_dir, "pytorch_lora_weights.safetensors",
+                                         lambda folder: StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, safe_serialization=True))}
+
+
+class CustomDiffusion(TextualInversion):
+    """The cross-attention K and V projections plus the token, with prior preservation on
+    pictures the model itself draws for the class word (offline: no retrieval)."""
+
+    name = "custom-diffusion"
+
+    def __init__(self, model, config, e0):
+        super().__init__(model, config, e0)
+        from diffusers.models.attention_processor import CustomDiffusionAttnProcessor
+
+        unet = model.unet_module
+        processors = {}
+        for name in unet.attn_processors:
+            layer = unet.get_submodule(name.removesuffix(".processor"))
+            if name.endswith("attn2.processor"):  # cross-attention: K and V read the text
+                processor = CustomDiffusionAttnProcessor(train_kv=True, train_q_out=False, hidden_size=layer.to_k.out_features,
+                                                         cross_attention_dim=layer.to_k.in_features)
+                processor.load_state_dict({"to_k_custom_diffusion.weight": layer.to_k.weight, "to_v_custom_diffusion.weight": layer.to_v.weight})
+            else:
+                processor = CustomDiffusionAttnProcessor(train_kv=False, train_q_out=False, hidden_size=None, cross_attention_dim=None)
+            processors[name] = processor
+        unet.set_attn_processor(processors)
+        self.weights = {}
+        for name, processor in unet.attn_processors.items():
+            for key, parameter in processor.named_parameters():
+                parameter.requires_grad_(True)
+                self.weights[f"{name}.{key}"] = parameter
+
+    def parameter_groups(self):
+        return super().parameter_groups() + [{"params": list(self.weights.values()), "lr": self.config.weights_lr, "weight_decay": 1e-2}]
+
+    def trainables(self):
+        return {**super().trainables(), **{f"unet.{n}": p for n, p in self.weights.items()}}
+
+    def save_weights(self, out_dir: Path) -> dict[str, Path]:
+        # The .bin that diffusers' own Custom Diffusion example writes: safetensors cannot hold the
+        # empty entries of the self-attention layers, and load_attn_procs needs one per layer.
+        name = "pytorch_custom_diffusion_weights.bin"
+        return {"custom_diffusion": _save_atomically(out_dir, name, lambda folder: self.model.unet_module.save_attn_procs(folder, weight_name=name, safe_serialization=False))}
+
+
+METHODS = {method.name: method for method in (TextualInversion, DreamBoothLora, CustomDiffusion)}
+
+
+def _save_atomically(out_dir: Path, name: str, write: Callable[[str], None]) -> Path:
+    """Let a library write `name` into a private folder, then move it into place in one step."""
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".save.") as folder:
+        write(folder)
+        os.replace(Path(folder) / name, out_dir / name)
+    return out_dir / name
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(out_dir: Path, state: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".checkpoint.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out_dir / CHECKPOINT)
+
+
+def load_checkpoint(out_dir: Path, config: InvertConfig) -> dict:
+    path = out_dir / CHECKPOINT
+    if not path.is_file():
+        raise UserError(f"{path}: no checkpoint to resume; start a new run without --resume")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # a damaged file raises anything
+        raise UserError(f"{path}: unreadable checkpoint; delete it and start again without --resume") from None
+    if state.get("fingerprint") != config.fingerprint():
+        raise UserError(f"{path}: made with other settings (method, images, token, seed, ...); resume with the same options or use a new --out")
+    return state
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def autocast(config: InvertConfig, device: torch.device):
+    if config.mixed_precision == "no":
+        return nullcontext()
+    if config.mixed_precision == "fp16" and device.type != "cuda":
+        raise UserError("--mixed-precision fp16 needs a CUDA device; on CPU use --mixed-precision bf16 or no")
+    return torch.autocast(device.type, dtype=torch.float16 if config.mixed_precision == "fp16" else torch.bfloat16)
+
+
+def prior_pictures(model: TorchStableDiffusion, class_word: str, count: int, seed: int) -> np.ndarray:
+    """The model's own pictures of the class word (Custom Diffusion's prior-preservation set)."""
+    from edgeinv.generate import generate
+
+    return generate(model, f"a photo of a {class_word}", n=count, seed=seed, steps=25)
+
+
+def train(
+    config: InvertConfig,
+    out_dir: Path | None = None,
+    resume: bool = False,
+    progress: Callable[[Step, InvertConfig], None] | None = None,
+    warn: Callable[[str], None] = print,
+    model: TorchStableDiffusion | None = None,
+) -> tuple[InvertResult, TextualInversion]:
+    start = time.time()
+    config = config.resolved()
+    if config.method not in METHODS:
+        raise UserError(f"--method {config.method}: not a gradient method ({', '.join(METHODS)})")
+    torch.manual_seed(config.seed)
+    model = model or TorchStableDiffusion(config.model, device=config.device)
+    image_set = load_images(config.images, model.image_size, warn=warn)
+    token_ids = [model.tokenizer.add_token(config.token)]
+    objective = Objective(model, token_ids, config.token, config.property, chunk_size=config.chunk_size)
+    cache = LatentCache.encode(model, image_set.images)
+    steps = timestep_range(*config.timesteps, int(model.scheduler_config.get("num_train_timesteps", 1000)))
+
+    def evaluation_set(source_cache, purpose: int, size: int, step: int = 0, in_order: bool = False, sample_latents: bool = False, captions: int | None = None):
+        rng = np.random.default_rng([config.seed, purpose, step])
+        return draw_evaluation_set(source_cache, captions or len(objective.captions), size, rng, model.vae_scaling_factor, steps,
+                                   flip=config.flip, sample_latents=sample_latents, in_order=in_order)
+
+    frozen = evaluation_set(cache, 1, config.dvar_batch, in_order=True)
+    heldout = evaluation_set(cache, 2, config.heldout)
+
+    init_start = time.time()
+    if config.init:
+        e0, ranking = word_vector(model, config.init), []
+    else:
+        e0, ranking = visual_init(objective, model, frozen, config.init_candidates)
+        warn(f"visual initialisation ({config.init_candidates} words ranked in {time.time() - init_start:.1f}s): closest {', '.join(f'{w} ({l:.4f})' for w, l in ranking[:3])}")
+    init_seconds = time.time() - init_start
+
+    prior = None
+    if config.method == "custom-diffusion":
+        class_word = config.class_word or (" ".join(config.init) if config.init else ranking[0][0])
+        prior_objective = Objective(model, [], class_word, config.property, chunk_size=config.chunk_size)
+        prior_cache = LatentCache.encode(model, prior_pictures(model, class_word, config.prior_images, config.seed))
+        prior = (prior_objective, prior_cache)
+
+    init_heldout = float(objective.losses(np.asarray(e0, dtype=np.float32).reshape(1, 1, -1), heldout)[0])  # before any weight moves
+    method = METHODS[config.method](model, config, e0)
+    optimizer = torch.optim.AdamW(method.parameter_groups())
+    scaler = torch.amp.GradScaler("cuda") if config.mixed_precision == "fp16" else None
+    rows_per_step = config.batch_size * (2 if prior else 1)
+    dvar = Dvar(window_in_steps(config.dvar_window, rows_per_step), config.dvar_threshold)
+    history: list[Step] = []
+    snapshots: dict[int, np.ndarray] = {}  # step -> token vector (textual inversion's final choice)
+    step, unet_rows, seconds_before = 0, 0, 0.0
+    if resume:
+        state = load_checkpoint(out_dir, config)
+        with torch.no_grad():
+            for name, tensor in method.trainables().items():
+                tensor.copy_(state["trainables"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        dvar = Dvar.from_state(state["dvar"])
+        history = [Step(**s) for s in state["history"]]
+        snapshots, step, unet_rows, seconds_before = state["snapshots"], state["step"], state["unet_evaluations"], state["seconds"]
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_history(out_dir, history)
+
+    def checkpoint() -> None:
+        if out_dir is not None:
+            save_checkpoint(out_dir, {
+                "fingerprint": config.fingerprint(), "step": step, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                "trainables": {n: t.detach().cpu().clone() for n, t in method.trainables().items()}, "dvar": dvar.state(),
+                "history": [asdict(s) for s in history], "snapshots": snapshots, "unet_evaluations": unet_rows, "seconds": history[-1].seconds if history else 0.0,
+            })
+
+    stopped_by = "budget"
+    run_start = time.time() - seconds_before
+    precision = autocast(config, model.device)
+    while step < config.budget:
+        if history and dvar.ratio is not None and dvar.ratio < dvar.threshold:
+            stopped_by = "dvar"  # resumed after the stopping step
+            break
+        with precision:
+            batch = evaluation_set(cache, 3, config.batch_size, step, sample_latents=True)
+            loss = training_loss(objective, model, method.token, batch)
+            if prior:
+                prior_objective, prior_cache = prior
+                prior_batch = evaluation_set(prior_cache, 4, config.batch_size, step, sample_latents=True, captions=len(prior_objective.captions))
+                loss = loss + config.prior_weight * training_loss(prior_objective, model, method.token, prior_batch)
+        if not torch.isfinite(loss):
+            raise UserError(f"the training loss is NaN/inf at step {step}; lower --lr (now {config.lr:g}) or use --mixed-precision no")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        token = method.token.detach().float().cpu().numpy().copy()
+        deterministic = float(objective.losses(token[None], frozen)[0])  # the same numbers the forward-only method tracks
+        unet_rows += rows_per_step + len(frozen)
+        stop = dvar.update(deterministic)
+        snapshots[step] = token
+        history.append(Step(step, float(loss.detach()), deterministic, dvar.ratio, unet_rows, time.time() - run_start))
+        if out_dir is not None:
+            append_history(out_dir, history[-1])
+        step += 1
+        if step % config.checkpoint_every == 0 or stop:
+            checkpoint()
+        if progress:
+            progress(history[-1], config)
+        if stop:
+            stopped_by = "dvar"
+            break
+    checkpoint()
+
+    if config.method == "ti":  # choose among the best snapshots by held-out loss, as the forward-only method does
+        ranked = sorted(snapshots, key=lambda s: history[s].deterministic_loss)[:8]
+        contenders = {f"step@{s}": snapshots[s] for s in sorted(set(ranked) | {max(snapshots)})} if snapshots else {}
+        contenders["init"] = np.asarray(e0, dtype=np.float32).reshape(1, -1)
+    else:  # the token and the weights learned together: keep the last pair
+        contenders = {f"step@{step - 1}": method.token.detach().float().cpu().numpy().copy()}
+    names = list(contenders)
+    heldout_losses = objective.losses(np.stack([contenders[n] for n in names]), heldout)
+    best = names[int(np.argmin(heldout_losses))]
+    with torch.no_grad():
+        method.token.copy_(torch.from_numpy(contenders[best]))
+    result = InvertResult(
+        vector=contenders[best], history=history, stopped_by=stopped_by, stop_generation=step, chosen=best,
+        heldout_loss=float(heldout_losses[names.index(best)]), init_loss=init_heldout,
+        init_seconds=init_seconds, total_seconds=time.time() - start, out_dir=out_dir, trajectory=dict(snapshots),
+    )
+    return result, method
+
