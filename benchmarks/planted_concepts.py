@@ -17,8 +17,10 @@ planted colour, and a longer vector can match that). Tables:
 2. GF-TI's published recipe on the same concepts and start: fresh noise per candidate, the
    VAE re-encoding the images for every evaluation, candidates one at a time, d = all PCA
    directions (256 on SD; 64 = the tiny model's width), unscaled, population 20, sigma0 = 1,
-   best of the generation. Time and UNet forwards until R >= 0.8, against the time edgeinv's
-   mean first reaches it (from the full-budget run, outside the timed region).
+   best of the generation. Time and UNet forwards until R >= 0.8 *and* the checker reads
+   the planted colour in the vector's pictures (R alone can be gamed here: a very long
+   random vector lowers the loss a little too), against the time edgeinv's mean first
+   does (from the full-budget run; judging happens outside the timed region).
 3. DVAR: the same search run to the full budget; stop generation and R at the stop vs R at
    the budget.
 """
@@ -26,6 +28,7 @@ planted colour, and a longer vector can match that). Tables:
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import numpy as np
@@ -42,6 +45,7 @@ BLENDS = [("red", "yellow"), ("red", "blue"), ("blue", "green"), ("yellow", "gre
           ("blue", "yellow"), ("green", "purple"), ("yellow", "purple"), ("red", "green"), ("blue", "purple")]
 START_WORD = "photo"
 R_TARGET = 0.8
+CHECKS = itertools.count()  # fresh token names for the checker's drawings
 
 
 def word(model, text: str) -> np.ndarray:
@@ -81,23 +85,31 @@ class Recovery:
 
 
 def checker_color(model, vector: np.ndarray, seed: int) -> str | None:
-    token = f"<check-{seed}-{np.random.default_rng(seed).integers(1e9)}>"
+    token = f"<check-{next(CHECKS)}>"
     model.add_token(token, vector)
     return majority([shapes.read_image(im) for im in generate(model, f"a photo of a {token}", n=6, seed=seed + 777, steps=25)])[0]
 
 
-def first_reaching(recovery: Recovery, trajectory: dict, history: list, every: int = 5) -> dict:
-    """When the optimiser's mean first reaches R >= R_TARGET (checked every `every` generations)."""
+def reached(model, recovery: Recovery, vector: np.ndarray, planted_color: str, seed: int, target_r: float = R_TARGET) -> tuple[bool, float]:
+    """R >= target_r and the checker reads the planted colour in what the vector draws. R alone
+    can be gamed on this model: a very long random vector also lowers the loss a little."""
+    r = recovery(vector)
+    return (r >= target_r and checker_color(model, vector, seed) == planted_color), r
+
+
+def first_reaching(model, recovery: Recovery, trajectory: dict, history: list, planted_color: str, seed: int, every: int = 5) -> dict:
+    """When the optimiser's mean first reaches the target (checked every `every` generations)."""
     r = -np.inf
     for g in range(every - 1, len(history), every):
-        r = recovery(trajectory[g][0])
-        if r >= R_TARGET:
+        ok, r = reached(model, recovery, trajectory[g][0], planted_color, seed)
+        if ok:
             return {"reached": True, "generations": g + 1, "seconds": history[g].seconds, "forwards": history[g].unet_evaluations, "r": r}
     return {"reached": False, "generations": len(history), "seconds": history[-1].seconds, "forwards": history[-1].unet_evaluations, "r": r}
 
 
-def gfti(model, images: np.ndarray, start: np.ndarray, recovery: Recovery, seconds: float, seed: int, samples: int, every: int = 2) -> dict:
-    """GF-TI's recipe; time and UNet forwards until R >= R_TARGET (or the time cap)."""
+def gfti(model, images: np.ndarray, start: np.ndarray, recovery: Recovery, planted_color: str, target_r: float, seconds: float, seed: int, samples: int,
+         every: int = 2) -> dict:
+    """GF-TI's recipe; time and UNet forwards until it reaches edgeinv's R (or the time cap)."""
     token_id = model.tokenizer.add_token(f"<gfti-{seed}>")
     objective = Objective(model, [token_id], f"<gfti-{seed}>", "object")
     _, _, directions = np.linalg.svd(model.token_table - model.token_table.mean(0), full_matrices=False)
@@ -118,8 +130,9 @@ def gfti(model, images: np.ndarray, start: np.ndarray, recovery: Recovery, secon
         spent += time.time() - tick
         generation += 1
         if generation % every == 0:  # judged outside the timed region
-            r = recovery(start + points[int(np.argmin(losses))].astype(np.float32) @ basis)  # best of the generation, as published
-            if r >= R_TARGET:
+            best = start + points[int(np.argmin(losses))].astype(np.float32) @ basis  # best of the generation, as published
+            ok, r = reached(model, recovery, best, planted_color, seed, target_r)
+            if ok:
                 return {"reached": True, "seconds": spent, "forwards": forwards, "generations": generation, "r": r}
     return {"reached": False, "seconds": spent, "forwards": forwards, "generations": generation, "r": r}
 
@@ -129,7 +142,8 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--concepts", type=int, default=8)
     parser.add_argument("--budget", type=int, default=150, help="generations of the fixed-budget (no DVAR) runs")
-    parser.add_argument("--gfti-seconds", type=float, default=120, help="cap on GF-TI's search time per concept")
+    parser.add_argument("--gfti-factor", type=float, default=10, help="cap on GF-TI's search time, as a multiple of edgeinv's time")
+    parser.add_argument("--gfti-concepts", type=int, default=4, help="run GF-TI on the first N concepts")
     parser.add_argument("--skip-gfti", action="store_true")
     parser.add_argument("--workdir", default="/tmp/edgeinv-planted")
     args = parser.parse_args()
@@ -156,13 +170,12 @@ def main() -> None:
             "generations": ours.stop_generation, "forwards": ours.history[-1].unet_evaluations, "seconds": ours.total_seconds,
             "full_r": recovery(full.vector[0]), "full_generations": full.stop_generation, "full_seconds": full.total_seconds,
             "mean_r_at_stop": recovery(full.trajectory[stop][0]) if stop in full.trajectory else float("nan"),
-            "to_target": first_reaching(recovery, full.trajectory, full.history),
         }
-        if not args.skip_gfti:
-            row["gfti"] = gfti(model, images, start, recovery, args.gfti_seconds, index, samples=8)
+        if not args.skip_gfti and index < args.gfti_concepts:
+            row["gfti"] = gfti(model, images, start, recovery, planted_color, row["r"], args.gfti_factor * ours.total_seconds, index, samples=8)
         rows.append(row)
         print(f"{row['concept']}: R {row['r']:.3f} ({row['stopped_by']} at {row['generations']}, {row['seconds']:.0f}s); full {row['full_r']:.3f}; "
-              f"to target {row['to_target']}; gfti {row.get('gfti')}", flush=True)
+              f"gfti {row.get('gfti')}", flush=True)
 
     def mean(key, sub=None):
         return float(np.nanmean([(r[key] if sub is None else r[key][sub]) for r in rows]))
@@ -175,19 +188,19 @@ def main() -> None:
     agree = np.mean([r["color"] == r["planted_color"] for r in rows])
     print(f"| **mean** | **{mean('r'):.3f}** | | agreement {agree:.0%} | | {mean('generations'):.0f} | {mean('forwards'):.0f} | {mean('seconds'):.0f} |")
 
-    if not args.skip_gfti:
-        print(f"\n### Time to R >= {R_TARGET}: edgeinv vs GF-TI's recipe (same concepts, same start, same machine, one run)\n")
-        print("| concept | edgeinv: generations | edgeinv (s) | edgeinv UNet forwards | GF-TI reached | GF-TI R | GF-TI (s) | GF-TI UNet forwards | time ratio | forwards ratio |")
+    compared = [r for r in rows if "gfti" in r]
+    if compared:
+        print(f"\n### GF-TI's recipe until it reaches edgeinv's R with the checker reading the planted colour (same concepts, start and machine, one run; cap {args.gfti_factor:g}x edgeinv's time)\n")
+        print("| concept | edgeinv R | edgeinv (s) | edgeinv UNet forwards | GF-TI reached | GF-TI R (last judged) | GF-TI (s) | GF-TI UNet forwards | time ratio | forwards ratio |")
         print("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
-        for r in rows:
-            g, o = r["gfti"], r["to_target"]
+        for r in compared:
+            g = r["gfti"]
             mark = "" if g["reached"] else ">"
-            ours_mark = "" if o["reached"] else "(not reached) "
-            print(f"| {r['concept']} | {ours_mark}{o['generations']} | {o['seconds']:.1f} | {o['forwards']} | {'yes' if g['reached'] else 'no (capped)'} | {g['r']:.3f} | "
-                  f"{mark}{g['seconds']:.0f} | {mark}{g['forwards']} | {mark}{g['seconds'] / o['seconds']:.1f}x | {mark}{g['forwards'] / o['forwards']:.1f}x |")
-        ratios = [r["gfti"]["seconds"] / r["to_target"]["seconds"] for r in rows]
-        capped = sum(not r["gfti"]["reached"] for r in rows)
-        print(f"| **geometric mean** | | | | {len(rows) - capped}/{len(rows)} reached | | | | {'>' if capped else ''}{np.exp(np.mean(np.log(ratios))):.1f}x | |")
+            print(f"| {r['concept']} | {r['r']:.3f} | {r['seconds']:.0f} | {r['forwards']} | {'yes' if g['reached'] else 'no (capped)'} | {g['r']:.3f} | "
+                  f"{mark}{g['seconds']:.0f} | {mark}{g['forwards']} | {mark}{g['seconds'] / r['seconds']:.1f}x | {mark}{g['forwards'] / r['forwards']:.1f}x |")
+        ratios = [r["gfti"]["seconds"] / r["seconds"] for r in compared]
+        capped = sum(not r["gfti"]["reached"] for r in compared)
+        print(f"| **geometric mean** | | | | {len(compared) - capped}/{len(compared)} reached | | | | {'>' if capped else ''}{np.exp(np.mean(np.log(ratios))):.1f}x | |")
 
     print(f"\n### DVAR stop vs the fixed budget ({args.budget} generations)\n")
     print("| concept | DVAR stop (generation) | budget | R at DVAR stop | R of the mean at that generation (full run) | R at budget | wall DVAR (s) | wall budget (s) |")

@@ -150,7 +150,7 @@ METHOD_HELP = ("cma-es: forward passes only on ONNX Runtime (no torch). ti, drea
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--budget", default=None, type=click.IntRange(1), help="maximum generations (cma-es) or steps [default: the method's, see README]")
 @click.option("--popsize", default=None, type=click.IntRange(2), help="cma-es: candidates per generation [default: 4 + 3 ln dim]")
-@click.option("--dim", default=16, show_default=True, type=click.IntRange(1), help="cma-es: search subspace dimension")
+@click.option("--dim", default=32, show_default=True, type=click.IntRange(1), help="cma-es: search subspace dimension")
 @click.option("--subspace", default="pca", show_default=True, type=click.Choice(["pca", "random"]), help="cma-es: search subspace")
 @click.option("--samples", default=8, show_default=True, type=click.IntRange(1), help="cma-es: evaluation samples per generation (shared by all candidates)")
 @click.option("--heldout", default=32, show_default=True, type=click.IntRange(1), help="held-out samples that choose the final vector")
@@ -203,8 +203,11 @@ def invert(images, method, model, token, init_words, init_candidates, concept_ki
         sd = OnnxStableDiffusion(model, device=device, threads=threads)
         unit = "generation"
     else:
-        from edgeinv.gradient import train as run
-        from edgeinv.torch_model import TorchStableDiffusion
+        try:
+            from edgeinv.gradient import train as run
+            from edgeinv.torch_model import TorchStableDiffusion
+        except ImportError as error:
+            raise UserError(f"--method {method} needs the torch extra ({error.name} is missing): pip install torch==2.13.0 'edgeinv[torch]'") from None
 
         with console.status(f"loading {model or 'the default model'} in PyTorch"):
             sd = TorchStableDiffusion(model, device=device)

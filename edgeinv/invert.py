@@ -57,9 +57,9 @@ METHOD_DEFAULTS = {
     "cma-es": MethodDefaults(budget=300, dvar_window=4000, dvar_threshold=0.15),
     "ti": MethodDefaults(budget=1500, dvar_window=310 * 4, dvar_threshold=0.15, lr=5e-3),
     "dreambooth": MethodDefaults(budget=1000, dvar_window=440 * 4, dvar_threshold=0.4, lr=5e-3, weights_lr=5e-4),
-    "custom-diffusion": MethodDefaults(budget=500, dvar_window=180 * 4, dvar_threshold=0.15, lr=5e-3, weights_lr=1e-4),
+    # custom-diffusion's window: 4 samples + 4 prior samples a step
+    "custom-diffusion": MethodDefaults(budget=500, dvar_window=180 * 8, dvar_threshold=0.15, lr=5e-3, weights_lr=1e-4),
 }
-GRADIENT_METHODS = ("ti", "dreambooth", "custom-diffusion")
 
 
 @dataclass
@@ -73,7 +73,7 @@ class InvertConfig:
     seed: int = 0
     budget: int | None = None  # None: the method's default (METHOD_DEFAULTS)
     popsize: int | None = None  # None: pycma's 4 + 3 ln d
-    dim: int = 16
+    dim: int = 32  # benchmarks/subspace_dim.py: best worst-case R on the planted concepts
     subspace: str = "pca"
     optimizer: str = "cma-es"
     sigma0: float = 1.0

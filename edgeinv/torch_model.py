@@ -49,6 +49,8 @@ class TorchStableDiffusion:
         from edgeinv_export.onnx_export import TextEncoderFromEmbeddings
 
         self.source = str(source) if source is not None else str(default_torch_model_dir())
+        if (Path(self.source) / "edgeinv.json").is_file():
+            raise UserError(f"{self.source}: an ONNX export; the gradient methods train the PyTorch checkpoint it came from (a diffusers folder or .safetensors file)")
         self.device = pick_device(device)
         self.pipeline = load_pipeline(self.source, config).to(self.device)
         self.pipeline.set_progress_bar_config(disable=True)

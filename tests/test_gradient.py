@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +166,30 @@ def test_bf16_autocast_trains_on_cpu():
 
     result, _ = train(config("ti", mixed_precision="bf16", budget=2), None, model=torch_model())
     assert np.isfinite(result.vector).all() and len(result.history) == 2
+
+
+def test_cli_runs_a_gradient_method_end_to_end(tmp_path):
+    """`edgeinv invert --method ti` with the visual initialisation on the PyTorch model."""
+    from click.testing import CliRunner
+
+    from edgeinv.cli import main
+
+    out = tmp_path / "run"
+    done = CliRunner().invoke(main, ["invert", str(EXAMPLE), "--method", "ti", "--budget", "3", "--init-candidates", "20", "--heldout", "4",
+                                     "--token", "<cli-ti>", "--out", str(out), "--no-samples"])
+    assert done.exit_code == 0, done.output
+    assert {"learned_embeds.safetensors", "cli-ti.safetensors", "config.json", "history.jsonl", "loss.png", "checkpoint.pt"} <= {p.name for p in out.iterdir()}
+    settings = json.loads((out / "config.json").read_text())["settings"]
+    assert settings["method"] == "ti" and settings["budget"] == 3 and settings["dvar_threshold"] == 0.15  # the method's defaults filled in
+    again = CliRunner().invoke(main, ["invert", str(EXAMPLE), "--method", "ti", "--out", str(out)])
+    assert again.exit_code == 2 and "--resume" in again.output
+
+
+def test_cli_refuses_an_onnx_folder_for_a_gradient_method(tmp_path, onnx_dir):
+    from click.testing import CliRunner
+
+    from edgeinv.cli import main
+
+    done = CliRunner().invoke(main, ["invert", str(EXAMPLE), "--method", "dreambooth", "--model", str(onnx_dir), "--out", str(tmp_path / "r")])
+    assert done.exit_code == 2
+    assert "ONNX export" in done.output and "Traceback" not in done.output
