@@ -71,14 +71,16 @@ DVAR_GRID = [(w, t) for w in (75, 150, 310) for t in (0.15, 0.3, 0.5)]  # window
 
 
 PEAK = """
-import json, resource, sys
+import json, sys
+def peak_mb():  # VmHWM: this process's own peak (ru_maxrss would carry the parent's over fork + exec)
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 from edgeinv.cli import main
 sys.argv = ["edgeinv", "invert", {folder!r}, "--method", {method!r}, "--budget", "20", "--init", "photo", "--out", {out!r}, "--no-samples"]
 try:
     main()
 except SystemExit as e:
     assert e.code in (0, None), e.code
-print(json.dumps({{"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "torch": "torch" in sys.modules}}))
+print(json.dumps({{"peak_mb": peak_mb(), "torch": "torch" in sys.modules}}))
 """
 
 
@@ -95,7 +97,12 @@ def main() -> None:
     parser.add_argument("--concepts", type=int, default=4)
     parser.add_argument("--methods", nargs="+", default=["ti", "dreambooth", "custom-diffusion"])
     parser.add_argument("--workdir", default="/tmp/edgeinv-planted")
+    parser.add_argument("--only-memory", action="store_true", help="just the peak-memory table")
     args = parser.parse_args()
+
+    if args.only_memory:
+        print_peak_memory(args.methods, Path(args.workdir) / "-".join(BLENDS[0]))
+        return
 
     rows = []
     for index, (a, b) in enumerate(BLENDS[: args.concepts]):
@@ -151,11 +158,15 @@ def main() -> None:
             else:
                 print(f"| {key[0]} | {key[1]} | no stop on {sum(s is None for s in stops)} of {len(stops)} | | |")
 
+    print_peak_memory(args.methods, Path(args.workdir) / "-".join(BLENDS[0]))
+
+
+def print_peak_memory(methods: list[str], folder: Path) -> None:
+    """`folder`: the first planted concept's pictures (made by a full run of this script)."""
     print("\n### Peak memory of `edgeinv invert` (default model, fresh process, 20 steps/generations)\n")
     print("| method | peak RSS (MB) | torch imported |")
     print("| --- | ---: | --- |")
-    folder = Path(args.workdir) / "-".join(BLENDS[0])
-    for method in ["cma-es", *args.methods]:
+    for method in ["cma-es", *methods]:
         peak = peak_memory(method, folder)
         print(f"| {method} | {peak['peak_mb']:.0f} | {peak['torch']} |")
 

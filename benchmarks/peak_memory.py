@@ -22,7 +22,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 INVERT = """
-import resource, sys, time, json
+import sys, time, json
+def peak_mb():  # VmHWM: this process's own peak (ru_maxrss would carry the parent's over fork + exec)
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 sys.argv = ["edgeinv", "invert", {images!r}, "--model", {model!r}, "--out", {out!r}, "--budget", "2", "--popsize", "4",
             "--samples", "2", "--heldout", "2", "--chunk-size", "4", "--init", "photo", "--no-samples", "--dim", "16"]
 from edgeinv.cli import main
@@ -31,12 +33,14 @@ try:
     main()
 except SystemExit as e:
     assert e.code in (0, None), e.code
-print(json.dumps({{"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "seconds": time.time() - start,
+print(json.dumps({{"peak_mb": peak_mb(), "seconds": time.time() - start,
                   "torch": "torch" in sys.modules}}))
 """
 
 TORCH_STEP = """
-import resource, json, time, torch
+import json, time, torch
+def peak_mb():  # VmHWM: this process's own peak (ru_maxrss would carry the parent's over fork + exec)
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 from pathlib import Path
 from edgeinv_export.reference_models import sd15_shaped_pipeline
 torch.set_num_threads(2)
@@ -55,7 +59,7 @@ states = pipe.text_encoder(ids)[0]
 loss = torch.nn.functional.mse_loss(pipe.unet(noisy, t, states).sample, noise)
 loss.backward()
 assert embedding.weight.grad is not None
-print(json.dumps({{"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "seconds": time.time() - start}}))
+print(json.dumps({{"peak_mb": peak_mb(), "seconds": time.time() - start}}))
 """
 
 

@@ -180,7 +180,7 @@ def test_cli_runs_a_gradient_method_end_to_end(tmp_path):
     assert done.exit_code == 0, done.output
     assert {"learned_embeds.safetensors", "cli-ti.safetensors", "config.json", "history.jsonl", "loss.png", "checkpoint.pt"} <= {p.name for p in out.iterdir()}
     settings = json.loads((out / "config.json").read_text())["settings"]
-    assert settings["method"] == "ti" and settings["budget"] == 3 and settings["dvar_threshold"] == 0.15  # the method's defaults filled in
+    assert settings["method"] == "ti" and settings["budget"] == 3 and settings["dvar_threshold"] == 0.3  # the method's defaults filled in
     again = CliRunner().invoke(main, ["invert", str(EXAMPLE), "--method", "ti", "--out", str(out)])
     assert again.exit_code == 2 and "--resume" in again.output
 
