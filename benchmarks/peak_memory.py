@@ -4,7 +4,8 @@
 
 Both on the SD 1.5-shaped model (random weights) at 512x512 pictures (64x64 latents), each
 in a fresh process, peak resident memory from the kernel (ru_maxrss):
-- edgeinv invert: 4 pictures, 2 generations of 4 candidates x 2 samples, UNet chunk 4.
+- edgeinv invert: 4 pictures, 2 generations of 4 candidates x 2 samples, UNet chunk 1
+  (`--chunk-size 1`: one sample per UNet call, the low-memory setting).
 - PyTorch TI: the SD 1.5-shaped pipeline in fp32, VAE encode of one picture, then one
   forward + backward to the token row (UNet, VAE and the rest of the text encoder frozen,
   as diffusers' textual_inversion example), batch 1.
@@ -26,7 +27,7 @@ import sys, time, json
 def peak_mb():  # VmHWM: this process's own peak (ru_maxrss would carry the parent's over fork + exec)
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 sys.argv = ["edgeinv", "invert", {images!r}, "--model", {model!r}, "--out", {out!r}, "--budget", "2", "--popsize", "4",
-            "--samples", "2", "--heldout", "2", "--chunk-size", "4", "--init", "photo", "--no-samples", "--dim", "16"]
+            "--samples", "2", "--heldout", "2", "--chunk-size", "1", "--init", "photo", "--no-samples", "--dim", "16"]
 from edgeinv.cli import main
 start = time.time()
 try:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeinv import manifest
 from edgeinv.data import load_images
 from edgeinv.errors import UserError
 from edgeinv.objective import LatentCache, Objective, draw_evaluation_set, timestep_range
@@ -227,6 +228,7 @@ def invert(
     token_ids = [model.tokenizer.add_token(config.token)]
     objective = Objective(model, token_ids, config.token, config.property, chunk_size=config.chunk_size)
     cache = LatentCache.encode(model, image_set.images)
+    model.release(manifest.VAE_ENCODER)  # encoded once; its activations are the largest after the UNet's
     steps = timestep_range(*config.timesteps, int(model.scheduler_config.get("num_train_timesteps", 1000)))
 
     def evaluation_set(purpose: int, size: int, generation: int = 0, in_order: bool = False):

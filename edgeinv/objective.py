@@ -30,7 +30,7 @@ class LatentCache:
     std: np.ndarray
 
     @classmethod
-    def encode(cls, model: OnnxStableDiffusion, images: np.ndarray, batch: int = 8) -> "LatentCache":
+    def encode(cls, model: OnnxStableDiffusion, images: np.ndarray, batch: int = 2) -> "LatentCache":
         pixels = images.astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0
         both = np.stack([pixels, pixels[..., ::-1]], axis=1).reshape(-1, *pixels.shape[1:])
         means, stds = [], []

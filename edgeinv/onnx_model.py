@@ -116,6 +116,10 @@ class OnnxStableDiffusion:
                 raise UserError(f"{self.folder / relative}: ONNX Runtime cannot load it ({str(error).splitlines()[0][:200]}); re-export with `edgeinv export`") from None
         return self._sessions[relative]
 
+    def release(self, relative: str) -> None:
+        """Drop a session and the memory its arena holds (the VAE encoder once latents are cached)."""
+        self._sessions.pop(relative, None)
+
     @property
     def token_table(self) -> np.ndarray:
         """The vocabulary's token-embedding table [vocab_size, hidden_size] (memory-mapped read)."""
