@@ -38,8 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_method(method: str, folder: Path, images, planted, start, planted_color: str, index: int) -> dict:
-    from edgeinv.gradient import train
-    from edgeinv.torch_model import TorchStableDiffusion
+    from edgeinv.gradient.train import train
+    from edgeinv.gradient.torch_model import TorchStableDiffusion
 
     model = TorchStableDiffusion(device="cpu")
     recovery = Recovery(model, images, planted, start, seed=index)  # losses of the untrained model

@@ -204,8 +204,8 @@ def invert(images, method, model, token, init_words, init_candidates, concept_ki
         unit = "generation"
     else:
         try:
-            from edgeinv.gradient import train as run
-            from edgeinv.torch_model import TorchStableDiffusion
+            from edgeinv.gradient.train import train as run
+            from edgeinv.gradient.torch_model import TorchStableDiffusion
         except ImportError as error:
             raise UserError(f"--method {method} needs the torch extra ({error.name} is missing): pip install torch==2.13.0 'edgeinv[torch]'") from None
 

@@ -68,7 +68,7 @@ METHOD_DEFAULTS = {
 class InvertConfig:
     images: str
     model: str | None = None
-    method: str = "cma-es"  # or a gradient method (edgeinv/gradient.py, needs torch)
+    method: str = "cma-es"  # or a gradient method (edgeinv/gradient/train.py, needs torch)
     token: str = "<concept>"
     init: list[str] = field(default_factory=list)  # words; empty: visual initialisation
     property: str = "object"
@@ -185,27 +185,36 @@ def visual_init(objective: Objective, model: OnnxStableDiffusion, frozen, count:
 # ---------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(out_dir: Path, state: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".checkpoint.", suffix=".tmp")
+def write_atomically(path: Path, write: Callable) -> None:
+    """`write(file)` into a temporary file beside `path`, synced, then renamed over it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
     with os.fdopen(fd, "wb") as f:
-        pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
+        write(f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, out_dir / CHECKPOINT)
+    os.replace(tmp, path)
 
 
-def load_checkpoint(out_dir: Path, config: InvertConfig) -> dict:
-    path = out_dir / CHECKPOINT
+def read_checkpoint(path: Path, config: InvertConfig, read: Callable) -> dict:
+    """`read(file)` a checkpoint; one-line errors when it is missing, damaged or from other settings."""
     if not path.is_file():
         raise UserError(f"{path}: no checkpoint to resume; start a new run without --resume")
     try:
         with open(path, "rb") as f:
-            state = pickle.load(f)
-    except Exception:  # a damaged pickle raises anything
+            state = read(f)
+    except Exception:  # a damaged file raises anything
         raise UserError(f"{path}: unreadable checkpoint; delete it and start again without --resume") from None
     if state.get("fingerprint") != config.fingerprint():
-        raise UserError(f"{path}: made with other settings (images, token, seed, dim, ...); resume with the same options or use a new --out")
+        raise UserError(f"{path}: made with other settings (method, images, token, seed, dim, ...); resume with the same options or use a new --out")
     return state
+
+
+def save_checkpoint(out_dir: Path, state: dict) -> None:
+    write_atomically(out_dir / CHECKPOINT, lambda f: pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def load_checkpoint(out_dir: Path, config: InvertConfig) -> dict:
+    return read_checkpoint(out_dir / CHECKPOINT, config, pickle.load)
 
 
 # ---------------------------------------------------------------- the loop

@@ -88,7 +88,7 @@ def draw_evaluation_set(
 
 class Objective:
     """The denoising loss of token vectors on evaluation sets. `model` is the ONNX model here;
-    the PyTorch methods (edgeinv/gradient.py) pass their own model with the same interface
+    the PyTorch methods (edgeinv/gradient/train.py) pass their own model with the same interface
     and reuse `captions`, `base_vectors` and `noised`, so both compute one loss."""
 
     def __init__(self, model: OnnxStableDiffusion, token_ids: list[int], token: str, property: str, num_captions: int = 16, chunk_size: int = 64):

@@ -19,7 +19,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "orange-star"
 
 
 def torch_model():
-    from edgeinv.torch_model import TorchStableDiffusion
+    from edgeinv.gradient.torch_model import TorchStableDiffusion
 
     return TorchStableDiffusion(DIFFUSERS_DIR, device="cpu")
 
@@ -36,7 +36,7 @@ def frozen_set(model, objective, images, seed=5):
 
 def test_pytorch_and_onnx_give_the_same_loss(sd):
     from edgeinv.data import load_images
-    from edgeinv.gradient import training_loss
+    from edgeinv.gradient.train import training_loss
 
     model = torch_model()
     images = load_images(EXAMPLE, sd.image_size).images
@@ -56,7 +56,7 @@ def test_pytorch_and_onnx_give_the_same_loss(sd):
 
 
 def test_textual_inversion_moves_only_the_token(tmp_path):
-    from edgeinv.gradient import train
+    from edgeinv.gradient.train import train
 
     model = torch_model()
     table = model.pipeline.text_encoder.get_input_embeddings().weight.detach().clone()
@@ -73,7 +73,7 @@ def test_textual_inversion_moves_only_the_token(tmp_path):
 
 def test_textual_inversion_file_loads_in_diffusers(tmp_path, torch_pipeline):
     from edgeinv.embedding_files import save_embedding
-    from edgeinv.gradient import train
+    from edgeinv.gradient.train import train
 
     model = torch_model()
     result, _ = train(config("ti", lr=2e-2), None, model=model)
@@ -98,7 +98,7 @@ def test_weights_load_through_diffusers_own_loaders(tmp_path, method):
     from diffusers import StableDiffusionPipeline
 
     from edgeinv.embedding_files import save_embedding
-    from edgeinv.gradient import train
+    from edgeinv.gradient.train import train
 
     model = torch_model()
     result, trained = train(config(method, budget=5, weights_lr=5e-2, prior_images=2), tmp_path, model=model)
@@ -126,7 +126,7 @@ def test_weights_load_through_diffusers_own_loaders(tmp_path, method):
 
 
 def test_resume_after_interruption_reaches_the_same_token(tmp_path):
-    from edgeinv.gradient import train
+    from edgeinv.gradient.train import train
 
     settings = config("ti", budget=7, checkpoint_every=2, lr=2e-2)
     whole, _ = train(settings, tmp_path / "whole", model=torch_model())
@@ -147,7 +147,7 @@ def test_resume_after_interruption_reaches_the_same_token(tmp_path):
 
 
 def test_dvar_stops_a_gradient_run(tmp_path):
-    from edgeinv.gradient import train
+    from edgeinv.gradient.train import train
 
     result, _ = train(config("ti", budget=40, dvar_window=20, dvar_threshold=0.9, lr=2e-2), None, model=torch_model())
     assert result.stopped_by == "dvar" and result.stop_generation < 40
@@ -155,14 +155,14 @@ def test_dvar_stops_a_gradient_run(tmp_path):
 
 
 def test_fp16_on_cpu_is_a_clear_error():
-    from edgeinv.gradient import train
+    from edgeinv.gradient.train import train
 
     with pytest.raises(UserError, match="fp16 needs a CUDA device"):
         train(config("ti", mixed_precision="fp16"), None, model=torch_model())
 
 
 def test_bf16_autocast_trains_on_cpu():
-    from edgeinv.gradient import train
+    from edgeinv.gradient.train import train
 
     result, _ = train(config("ti", mixed_precision="bf16", budget=2), None, model=torch_model())
     assert np.isfinite(result.vector).all() and len(result.history) == 2

@@ -34,10 +34,10 @@ import torch
 
 from edgeinv.data import load_images
 from edgeinv.errors import UserError
-from edgeinv.invert import InvertConfig, InvertResult, visual_init, word_vector, write_history, append_history
+from edgeinv.invert import InvertConfig, InvertResult, append_history, read_checkpoint, visual_init, word_vector, write_atomically, write_history
 from edgeinv.objective import EvaluationSet, LatentCache, Objective, draw_evaluation_set, timestep_range
 from edgeinv.stopping import Dvar, window_in_steps
-from edgeinv.torch_model import TorchStableDiffusion
+from edgeinv.gradient.torch_model import TorchStableDiffusion
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -186,25 +186,11 @@ def _save_atomically(out_dir: Path, name: str, write: Callable[[str], None]) -> 
 
 
 def save_checkpoint(out_dir: Path, state: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".checkpoint.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out_dir / CHECKPOINT)
+    write_atomically(out_dir / CHECKPOINT, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(out_dir: Path, config: InvertConfig) -> dict:
-    path = out_dir / CHECKPOINT
-    if not path.is_file():
-        raise UserError(f"{path}: no checkpoint to resume; start a new run without --resume")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # a damaged file raises anything
-        raise UserError(f"{path}: unreadable checkpoint; delete it and start again without --resume") from None
-    if state.get("fingerprint") != config.fingerprint():
-        raise UserError(f"{path}: made with other settings (method, images, token, seed, ...); resume with the same options or use a new --out")
-    return state
+    return read_checkpoint(out_dir / CHECKPOINT, config, lambda f: torch.load(f, map_location="cpu", weights_only=False))
 
 
 # ---------------------------------------------------------------- the loop

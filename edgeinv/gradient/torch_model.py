@@ -1,6 +1,6 @@
 """A diffusers Stable Diffusion pipeline behind the same interface as `OnnxStableDiffusion`.
 
-The PyTorch methods (edgeinv/gradient.py) train on this model. Because it answers the same
+The PyTorch methods (edgeinv/gradient/train.py) train on this model. Because it answers the same
 calls as the ONNX model (`tokenizer`, `token_table`, `token_vectors`, `encode_vectors`,
 `unet`, `vae_encode`, ...), the objective, the evaluation sets, the visual initialisation
 and `generate` run on it unchanged: one definition of the loss for both backends. The
@@ -28,7 +28,7 @@ def default_torch_model_dir() -> Path:
     import sys
 
     candidates = [Path(os.environ["EDGEINV_TORCH_MODEL"])] if os.environ.get("EDGEINV_TORCH_MODEL") else []
-    candidates += [Path(__file__).resolve().parents[1] / "models" / "tiny-sd-shapes", Path(sys.prefix) / "share" / "edgeinv" / "models" / "tiny-sd-shapes"]
+    candidates += [Path(__file__).resolve().parents[2] / "models" / "tiny-sd-shapes", Path(sys.prefix) / "share" / "edgeinv" / "models" / "tiny-sd-shapes"]
     for candidate in candidates:
         if (candidate / "model_index.json").is_file():
             return candidate
