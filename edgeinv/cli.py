@@ -197,8 +197,11 @@ def invert(images, method, model, token, init_words, init_candidates, concept_ki
                           device=device, threads=threads, lr=lr, weights_lr=weights_lr, batch_size=batch_size, rank=rank, class_word=class_word,
                           prior_images=prior_images, mixed_precision=mixed_precision, checkpoint_every=checkpoint_every).resolved()
     if method == "cma-es":
-        from edgeinv.invert import invert as run
+        from edgeinv.invert import invert
         from edgeinv.onnx_model import OnnxStableDiffusion
+
+        def run(*args, **kwargs):  # the forward-only search has no trained weights besides the token
+            return invert(*args, **kwargs), None
 
         sd = OnnxStableDiffusion(model, device=device, threads=threads)
         unit = "generation"
@@ -222,12 +225,11 @@ def invert(images, method, model, token, init_words, init_candidates, concept_ki
             bar.update(task, completed=record.number + 1, stats=record.progress_text())
 
         try:
-            outcome = run(config, out, resume=resume, progress=show, warn=lambda m: console.print(f"[yellow]{m}[/]", highlight=False), model=sd)
+            result, trained = run(config, out, resume=resume, progress=show, warn=lambda m: console.print(f"[yellow]{m}[/]", highlight=False), model=sd)
         except KeyboardInterrupt:
             bar.stop()
             console.print(f"[yellow]interrupted[/]; the last checkpoint is saved. Continue with: edgeinv invert {images} --method {method} --out {out} --resume")
             sys.exit(130)
-        result, trained = outcome if isinstance(outcome, tuple) else (outcome, None)
         bar.update(task, completed=config.budget if result.stopped_by == "budget" else result.stop_generation)
 
     paths = save_embedding(out, token, result.vector)
