@@ -3,9 +3,15 @@
     python benchmarks/default_model_quality.py [--model DIR] [--seeds 8] [--grid docs/sample_grid.png]
 
 1. The checker's own accuracy on freshly rendered ground truth (every colour and shape).
-2. `edgeinv generate` (ONNX Runtime) for "a photo of a {colour} {shape}" with fresh seeds
+2. The VAE round trip (ONNX encoder mean -> decoder) of fresh ground truth: the ceiling for
+   everything the model draws.
+3. `edgeinv generate` (ONNX Runtime) for "a photo of a {colour} {shape}" with fresh seeds
    (never used in training, which drew its noise from torch): colour, shape and both right,
    for the pairs captioned in training and for the held-out pairs never captioned.
+4. The unnamed colour (orange: drawn in training, never named): the word prompts a user
+   might try ("a photo of a star", "... an orange star", "... an amber star", ...) against
+   a planted token, the mean of the "red" and "yellow" vectors, in "a photo of a <t> star".
+   The concept is learnable only if some token draws it while no words do.
 Prints a markdown table; writes a grid of samples (rows: colours, columns: shapes).
 """
 
@@ -19,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from edgeinv import shapes
-from edgeinv.generate import generate, image_grid
+from edgeinv.generate import generate, image_grid, to_uint8
 from edgeinv.onnx_model import OnnxStableDiffusion
 
 
@@ -32,6 +38,38 @@ def checker_accuracy(n: int, seed: int) -> tuple[float, float]:
         color_hits += reading.color == scene.color
         shape_hits += reading.shape == scene.shape
     return color_hits / n, shape_hits / n
+
+
+def vae_round_trip(model, n: int, seed: int) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    scenes = [shapes.random_scene(rng, color=str(rng.choice(list(shapes.COLORS))), allow_held_out=True) for _ in range(n)]
+    pictures = np.stack([shapes.render(scene) for scene in scenes]).astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1
+    decoded = np.concatenate([to_uint8(model.vae_decode(model.vae_encode(pictures[i : i + 32])[0])) for i in range(0, n, 32)])
+    readings = [shapes.read_image(image) for image in decoded]
+    return float(np.mean([r.color == s.color for r, s in zip(readings, scenes)])), float(np.mean([r.shape == s.shape for r, s in zip(readings, scenes)]))
+
+
+def unnamed_colour(model, seeds: int, steps: int, guidance: float, seed: int) -> list[tuple[str, int, float, float, float]]:
+    """Rows (prompt kind, n, colour, shape, both) for orange: each word prompt, and the planted token."""
+    from edgeinv.generate import generate as draw
+
+    table = model.token_table
+    planted = (table[model.tokenizer.token_id("red</w>")] + table[model.tokenizer.token_id("yellow</w>")]) / 2
+    model.add_token("<red-yellow>", planted)
+    rows = []
+    for words in ("", "orange", "amber", "tangerine", "gold", "red and yellow", "<red-yellow>"):
+        totals = {"n": 0, "color": 0, "shape": 0, "both": 0}
+        for i, shape in enumerate(shapes.SHAPES):
+            prompt = f"a photo of a {words} {shape}".replace("  ", " ")
+            for image in draw(model, prompt, steps=steps, guidance=guidance, n=seeds, seed=seed + 700 + i):
+                reading = shapes.read_image(image)
+                totals["n"] += 1
+                totals["color"] += reading.color == shapes.UNNAMED_COLOR
+                totals["shape"] += reading.shape == shape
+                totals["both"] += reading.color == shapes.UNNAMED_COLOR and reading.shape == shape
+        name = "planted token: mean of red and yellow, \"a photo of a <t> {shape}\"" if words.startswith("<") else f"words: \"a photo of a {words + ' ' if words else ''}{{shape}}\""
+        rows.append((name, totals["n"], totals["color"] / totals["n"], totals["shape"] / totals["n"], totals["both"] / totals["n"]))
+    return rows
 
 
 def score(model, pairs, seeds: int, steps: int, guidance: float, seed: int) -> tuple[dict, dict]:
@@ -62,6 +100,7 @@ def main() -> None:
     model = OnnxStableDiffusion(args.model)
     start = time.time()
     truth_color, truth_shape = checker_accuracy(1000, seed=args.seed)
+    vae_color, vae_shape = vae_round_trip(model, 500, seed=args.seed + 1)
     seen = [(c, s) for c in shapes.TRAIN_COLORS for s in shapes.SHAPES if (c, s) not in shapes.HELD_OUT_PAIRS]
     held_out = sorted(shapes.HELD_OUT_PAIRS)
     seen_totals, seen_samples = score(model, seen, args.seeds, args.steps, args.guidance, args.seed)
@@ -71,9 +110,15 @@ def main() -> None:
     print("| images scored | n | colour right | shape right | both right |")
     print("| --- | ---: | ---: | ---: | ---: |")
     print(f"| checker on rendered ground truth | 1000 | {truth_color:.1%} | {truth_shape:.1%} | - |")
+    print(f"| VAE round trip of fresh ground truth (all six colours) | 500 | {vae_color:.1%} | {vae_shape:.1%} | - |")
     for name, totals, count in (("generated, pairs seen in training", seen_totals, len(seen)), ("generated, held-out pairs (never captioned)", held_totals, len(held_out))):
         n = totals["images"]
         print(f"| {name} ({count} prompts) | {n} | {totals['color'] / n:.1%} | {totals['shape'] / n:.1%} | {totals['both'] / n:.1%} |")
+    print(f"\nThe unnamed colour, {shapes.UNNAMED_COLOR} (drawn in training, never named; 4 shapes x {args.seeds} fresh seeds per row):\n")
+    print("| prompt | n | orange | shape right | both right |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, n, color, shape, both in unnamed_colour(model, args.seeds, args.steps, args.guidance, args.seed):
+        print(f"| {name} | {n} | {color:.1%} | {shape:.1%} | {both:.1%} |")
     print(f"\n{time.time() - start:.0f}s on this machine")
 
     samples = {**seen_samples, **held_samples}

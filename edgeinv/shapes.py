@@ -18,7 +18,9 @@ from PIL import Image, ImageDraw
 IMAGE_SIZE = 64
 
 # Saturated colours, far apart in hue, so the checker can tell them apart from neutral
-# backgrounds. "orange" is never shown in training: it is the README's example concept.
+# backgrounds. "orange" is drawn in training but never named: captions of orange pictures
+# leave the colour out, so the model can draw orange but no prompt can ask for it (the
+# README's example concept, what textual inversion is for).
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
     "green": (35, 165, 55),
@@ -27,7 +29,13 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "purple": (145, 50, 195),
     "orange": (240, 125, 20),
 }
-TRAIN_COLORS = ("red", "green", "blue", "yellow", "purple")
+TRAIN_COLORS = ("red", "green", "blue", "yellow", "purple")  # the colours captions name
+UNNAMED_COLOR = "orange"
+# How often training pictures are orange, and how often a named colour is left out of the
+# caption: "a photo of a star" then draws orange in about 0.06 / (0.06 + 0.94 * 0.35) = 15%
+# of pictures, so no word prompt asks for orange reliably.
+UNNAMED_COLOR_RATE = 0.06
+DROP_COLOR_RATE = 0.35
 SHAPES = ("circle", "square", "triangle", "star")
 SIZES = {"small": (8.0, 11.0), "": (12.0, 15.0), "large": (17.0, 21.0)}
 POSITIONS = {
@@ -53,8 +61,9 @@ class Scene:
     background: tuple[int, int, int]
     gradient: float  # brightness change across the image, for varied backgrounds
 
-    def caption(self, prefix: str = "a photo of", say_position: bool = True, say_background: bool = False) -> str:
-        words = [w for w in (self.size, self.color, self.shape) if w]
+    def caption(self, prefix: str = "a photo of", say_position: bool = True, say_background: bool = False, say_color: bool = True) -> str:
+        color = self.color if say_color and self.color != UNNAMED_COLOR else ""
+        words = [w for w in (self.size, color, self.shape) if w]
         noun = " ".join(words)
         article = "an" if noun[0] in "aeiou" else "a"
         text = f"{prefix} {article} {noun}".strip()
@@ -71,8 +80,10 @@ def background_word(background: tuple[int, int, int]) -> str:
 
 
 def random_scene(rng: np.random.Generator, color: str | None = None, shape: str | None = None, allow_held_out: bool = False) -> Scene:
+    """A scene of the training distribution (orange included, held-out pairs excluded), or
+    with the colour / shape given."""
     while True:
-        c = color or str(rng.choice(TRAIN_COLORS))
+        c = color or (UNNAMED_COLOR if rng.random() < UNNAMED_COLOR_RATE else str(rng.choice(TRAIN_COLORS)))
         s = shape or str(rng.choice(SHAPES))
         if allow_held_out or (c, s) not in HELD_OUT_PAIRS:
             break
@@ -138,7 +149,8 @@ def training_example(rng: np.random.Generator) -> tuple[np.ndarray, str]:
     """One (image, caption) pair of the training distribution."""
     scene = random_scene(rng)
     prefix = str(rng.choice(PREFIXES))
-    caption = scene.caption(prefix, say_position=bool(rng.random() < 0.6), say_background=bool(rng.random() < 0.3))
+    say_color = bool(rng.random() >= DROP_COLOR_RATE)
+    caption = scene.caption(prefix, say_position=bool(rng.random() < 0.6), say_background=bool(rng.random() < 0.3), say_color=say_color)
     return render(scene), caption
 
 

@@ -122,46 +122,53 @@ def cosine_adamw(parameters, lr: float, steps: int):
     return optimizer, schedule
 
 
-def shape_weighted_loss(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L2 + L1 with the (saturated) shape pixels weighted 9x against the neutral background."""
+def shape_weighted_loss(reconstruction: torch.Tensor, target: torch.Tensor, edge_weight: float = 0.0) -> torch.Tensor:
+    """L2 + L1 with the (saturated) shape pixels weighted 9x against the neutral background,
+    plus an L1 on image gradients: without it the VAE rounds a star's points into a circle."""
     saturation = target.max(1, keepdim=True).values - target.min(1, keepdim=True).values
     weight = 1 + 8 * (saturation > 0.4).float()
-    return (weight * ((reconstruction - target) ** 2 + (reconstruction - target).abs())).mean()
+    loss = (weight * ((reconstruction - target) ** 2 + (reconstruction - target).abs())).mean()
+    if edge_weight:
+        dx = lambda a: a[..., :, 1:] - a[..., :, :-1]  # noqa: E731
+        dy = lambda a: a[..., 1:, :] - a[..., :-1, :]  # noqa: E731
+        loss = loss + edge_weight * ((dx(reconstruction) - dx(target)).abs().mean() + (dy(reconstruction) - dy(target)).abs().mean())
+    return loss
 
 
-def train_vae(vae: AutoencoderKL, images: np.ndarray, steps: int, batch: int, rng: np.random.Generator, log, crop: int = 32) -> None:
+def train_vae(vae: AutoencoderKL, images: np.ndarray, first: int, steps: int, batch: int, edge_weight: float, optimizer, schedule,
+              rng: np.random.Generator, log, checkpoint, checkpoint_due, crop: int = 32) -> None:
     """Random crops (the VAE is convolutional: 4x cheaper per sample) and a loss that weighs
     the shape's pixels 9x: they are ~10% of a picture, and an unweighted loss learns the
     background long before the colours."""
-    optimizer, schedule = cosine_adamw(vae.parameters(), 2e-3, steps)
     vae.train()
-    for step in range(steps):
+    for step in range(first, steps):
         x = to_tensor(images[rng.integers(0, len(images), batch)])
         top, left = rng.integers(0, x.shape[-1] - crop + 1, 2)
         x = x[:, :, top : top + crop, left : left + crop]
         posterior = vae.encode(x).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
         kl = posterior.kl().mean() / x[0].numel()
-        loss = shape_weighted_loss(reconstruction, x) + 1e-4 * kl
+        loss = shape_weighted_loss(reconstruction, x, edge_weight) + 1e-4 * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
         if step % 100 == 0 or step == steps - 1:
             log(f"vae step {step} loss {loss.item():.4f} kl {kl.item():.4f}")
+        if checkpoint_due():
+            checkpoint(step + 1)
     vae.eval()
 
 
-def finetune_decoder(vae: AutoencoderKL, images: np.ndarray, steps: int, batch: int, rng: np.random.Generator, log, crop_latent: int = 8) -> None:
+def finetune_decoder(vae: AutoencoderKL, images: np.ndarray, first: int, steps: int, batch: int, edge_weight: float, optimizer, schedule,
+                     rng: np.random.Generator, log, checkpoint, checkpoint_due, crop_latent: int = 8) -> None:
     """Sharpen the decoder with the encoder frozen: the latents, and so the UNet trained on
     them, stay valid (as Stable Diffusion's own ft-MSE VAE was made)."""
     vae.encoder.requires_grad_(False)
     vae.quant_conv.requires_grad_(False)
-    decoder_parameters = [p for p in vae.parameters() if p.requires_grad]
-    optimizer, schedule = cosine_adamw(decoder_parameters, 1e-3, steps)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     vae.train()
-    for step in range(steps):
+    for step in range(first, steps):
         x = to_tensor(images[rng.integers(0, len(images), batch)])
         with torch.no_grad():
             latents = vae.encode(x).latent_dist.sample()
@@ -169,13 +176,15 @@ def finetune_decoder(vae: AutoencoderKL, images: np.ndarray, steps: int, batch: 
         latents = latents[:, :, top : top + crop_latent, left : left + crop_latent]
         x = x[:, :, top * factor : (top + crop_latent) * factor, left * factor : (left + crop_latent) * factor]
         reconstruction = vae.decode(latents).sample
-        loss = shape_weighted_loss(reconstruction, x)
+        loss = shape_weighted_loss(reconstruction, x, edge_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
         if step % 100 == 0 or step == steps - 1:
             log(f"decoder step {step} loss {loss.item():.4f}")
+        if checkpoint_due():
+            checkpoint(step + 1)
     vae.requires_grad_(True)
     vae.eval()
 
@@ -220,8 +229,71 @@ def save_pipeline(out: Path, vae, text_encoder, tokenizer, unet, scheduler, toke
     (tmp / "tokenizer").mkdir()
     for name in TOKENIZER_FILES:
         shutil.copy(tokenizer_dir / name, tmp / "tokenizer" / name)
+    add_text_model_prefix(tmp / "text_encoder" / "model.safetensors")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+
+
+class Checkpoints:
+    """Training state saved every few minutes, so a cut-off run resumes exactly.
+
+    One file, written atomically: modules, optimiser, learning-rate schedule and both random
+    generators (numpy's for batches and crops, torch's for noise), loaded with
+    `weights_only=True` (no arbitrary unpickling). Rerun the same command with `--resume`.
+    """
+
+    def __init__(self, folder: Path, every_seconds: float):
+        self.folder = folder
+        self.path = folder / "state.pt"
+        self.every_seconds = every_seconds
+        self.last = time.time()
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def load(self) -> dict | None:
+        return torch.load(self.path, weights_only=True) if self.path.is_file() else None
+
+    def save(self, stage: str, step: int, modules: dict, optimizer, schedule, rng: np.random.Generator, extra: dict | None = None) -> None:
+        state = {
+            "stage": stage,
+            "step": step,
+            "modules": {name: module.state_dict() for name, module in modules.items()},
+            "optimizer": optimizer.state_dict() if optimizer else {},
+            "schedule": schedule.state_dict() if schedule else {},
+            "numpy_rng": json.dumps(rng.bit_generator.state),
+            "torch_rng": torch.get_rng_state(),
+            **(extra or {}),
+        }
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.path)
+        self.last = time.time()
+
+    def due(self) -> bool:
+        return time.time() - self.last > self.every_seconds
+
+
+def restore(state: dict, modules: dict, optimizer, schedule, rng: np.random.Generator) -> None:
+    for name, module in modules.items():
+        module.load_state_dict(state["modules"][name])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if schedule is not None:
+        schedule.load_state_dict(state["schedule"])
+    rng.bit_generator.state = json.loads(state["numpy_rng"])
+    torch.set_rng_state(state["torch_rng"])
+
+
+STAGES = ("vae", "unet", "decoder", "done")
+
+
+def add_text_model_prefix(path: Path) -> None:
+    """transformers 5 saves CLIPTextModel weights without the `text_model.` prefix, which
+    transformers 4.x (optimum's exporter needs it) silently ignores, initialising a random
+    text encoder. Real SD checkpoints carry the prefix, and 5.x loads that layout too."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path)
+    save_file({k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in tensors.items()}, path, metadata={"format": "pt"})
 
 
 def main() -> None:
@@ -230,17 +302,21 @@ def main() -> None:
     parser.add_argument("--tokenizer", type=Path, default=Path("models/tiny-sd-shapes/tokenizer"), help="folder with SD 1.x vocab.json/merges.txt (models/build_tokenizer.py makes one)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images", type=int, default=40000)
-    parser.add_argument("--vae-steps", type=int, default=1500)
+    parser.add_argument("--vae-steps", type=int, default=3000)
     parser.add_argument("--vae-batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=3500)
+    parser.add_argument("--vae-edge-weight", type=float, default=1.0, help="weight of the image-gradient loss that keeps corners (stars, triangles) sharp")
+    parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--stop-after", type=int, default=None, help="end after this many steps of the --steps schedule (the shipped model: 2000 of 3000)")
     parser.add_argument("--lr", type=float, default=6e-4)
     parser.add_argument("--ema", type=float, default=0.995)
-    parser.add_argument("--save-every", type=int, default=500)
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast for the UNet stage (AMX on recent Xeons)")
+    parser.add_argument("--save-every", type=int, default=500, help="write the diffusers folder every N UNet steps")
+    parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--decoder-steps", type=int, default=1500, help="decoder-only fine-tuning after the UNet")
-    parser.add_argument("--only-decoder", action="store_true", help="fine-tune the decoder of the model already in --out, nothing else")
+    parser.add_argument("--decoder-steps", type=int, default=1000, help="decoder-only fine-tuning after the UNet")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in <out>.train-state/")
+    parser.add_argument("--check-scenes", type=int, default=300, help="fresh scenes for the VAE round-trip check")
+    parser.add_argument("--interrupt-at", default=None, metavar="STAGE:STEP", help="checkpoint and exit there, as a cut-off run would (tests of --resume)")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
@@ -248,7 +324,13 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     log_path = args.out.with_name(args.out.name + ".train.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    start = time.time()
+    checkpoints = Checkpoints(args.out.with_name(args.out.name + ".train-state"), args.checkpoint_minutes * 60)
+    state = checkpoints.load() if args.resume else None
+    if args.resume and state is None:
+        raise SystemExit(f"{checkpoints.path}: no checkpoint to resume; run without --resume")
+    if not args.resume and log_path.exists():
+        log_path.unlink()
+    start = time.time() - (state["seconds"] if state else 0.0)
 
     def log(message: str) -> None:
         line = f"[{time.time() - start:7.1f}s] {message}"
@@ -257,43 +339,107 @@ def main() -> None:
             f.write(line + "\n")
 
     tokenizer_dir = args.tokenizer.resolve()
-    staging = Path("/tmp/edgeinv-tokenizer")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(tokenizer_dir, staging)  # --out may replace the folder it came from
+    staging = checkpoints.folder / "tokenizer"
+    if not staging.is_dir():
+        shutil.copytree(tokenizer_dir, staging)  # --out may replace the folder it came from
     tokenizer = CLIPTokenizer.from_pretrained(str(staging))
 
     images, captions = make_dataset(args.images, args.seed)
-    log(f"dataset: {len(images)} images, e.g. {captions[:3]}")
-    if args.only_decoder:
-        pipeline = StableDiffusionPipeline.from_pretrained(args.out, safety_checker=None, requires_safety_checker=False)
-        refine_decoder(pipeline.vae, images, args, rng, log)
-        save_pipeline(args.out, pipeline.vae, pipeline.text_encoder, tokenizer, pipeline.unet, pipeline.scheduler, staging)
-        log(f"saved {args.out} with the fine-tuned decoder")
-        return
+    log(f"dataset: {len(images)} images, e.g. {captions[:3]}" + (f"; resuming at {state['stage']} step {state['step']}" if state else ""))
+    stage_index = STAGES.index(state["stage"]) if state else 0
 
+    def save_state(stage, step, modules, optimizer, schedule, extra=None):
+        checkpoints.save(stage, step, modules, optimizer, schedule, rng, {"seconds": time.time() - start, **(extra or {})})
+        if args.interrupt_at == f"{stage}:{step}":
+            log(f"interrupted at {stage} step {step} (--interrupt-at)")
+            raise SystemExit(3)
+
+    if args.interrupt_at:
+        checkpoints.every_seconds = 0.0  # checkpoint every step so the requested one exists
+
+    # ---- stage 1: the VAE
     vae = build_vae()
-    train_vae(vae, images, args.vae_steps, args.vae_batch, rng, log)
-    color_ok, shape_ok = vae_checker_accuracy(vae, args.seed + 1)
-    log(f"vae round trip, checker on fresh ground truth: colour {color_ok:.1%} shape {shape_ok:.1%}")
-    latent_mean, latent_std = encode_all(vae, images)
-    scaling_factor = float(1.0 / latent_mean.std())
-    vae.register_to_config(scaling_factor=scaling_factor)
-    log(f"latents {tuple(latent_mean.shape)} scaling_factor {scaling_factor:.4f}")
+    latents = None
+    if stage_index == 0:
+        optimizer, schedule = cosine_adamw(vae.parameters(), 2e-3, args.vae_steps)
+        first = 0
+        if state:
+            restore(state, {"vae": vae}, optimizer, schedule, rng)
+            first = state["step"]
+        train_vae(vae, images, first, args.vae_steps, args.vae_batch, args.vae_edge_weight, optimizer, schedule, rng, log,
+                  lambda step: save_state("vae", step, {"vae": vae}, optimizer, schedule), checkpoints.due)
+        color_ok, shape_ok = vae_checker_accuracy(vae, args.seed + 1, args.check_scenes)
+        log(f"vae round trip, checker on fresh ground truth: colour {color_ok:.1%} shape {shape_ok:.1%}")
+        latents = encode_all(vae, images)
+        vae.register_to_config(scaling_factor=float(1.0 / latents[0].std()))
+        save_state("unet", 0, {"vae": vae}, None, None, {"scaling_factor": vae.config.scaling_factor, "unet_started": False})
+        state, stage_index = checkpoints.load(), 1
 
-    ids = tokenize(tokenizer, captions)
-    empty_ids = tokenize(tokenizer, [""])
+    # ---- stage 2: text encoder + UNet on cached latents
     text_encoder, unet, scheduler = build_text_encoder(), build_unet(), build_scheduler()
     ema_text_encoder, ema_unet = build_text_encoder(), build_unet()
-    ema_text_encoder.load_state_dict(text_encoder.state_dict())
-    ema_unet.load_state_dict(unet.state_dict())
-    for module in (ema_text_encoder, ema_unet):
-        module.requires_grad_(False).eval()
-    parameters = list(unet.parameters()) + list(text_encoder.parameters())
-    log(f"unet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params, text encoder {sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f}M")
+    vae.register_to_config(scaling_factor=float(state["scaling_factor"]))
+    modules = {"vae": vae, "text_encoder": text_encoder, "unet": unet, "ema_text_encoder": ema_text_encoder, "ema_unet": ema_unet}
+    if stage_index == 1:
+        vae.load_state_dict(state["modules"]["vae"])
+        vae.eval()
+        if latents is None:  # resumed: encode again (deterministic: the posterior's mean and std)
+            latents = encode_all(vae, images)
+        latent_mean, latent_std = latents
+        ema_text_encoder.load_state_dict(text_encoder.state_dict())
+        ema_unet.load_state_dict(unet.state_dict())
+        optimizer, schedule = unet_optimizer(unet, text_encoder, args)
+        first = 0
+        if state.get("unet_started", True):
+            restore(state, modules, optimizer, schedule, rng)
+            first = state["step"]
+        else:
+            restore(state, {"vae": vae}, None, None, rng)
+        log(f"latents {tuple(latent_mean.shape)} scaling_factor {vae.config.scaling_factor:.4f}; "
+            f"unet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params, text encoder {sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f}M")
 
-    # Plain Adam on the embedding table: rows of unused words get no gradient and stay put.
+        def on_save(step):
+            save_pipeline(args.out, vae, ema_text_encoder, tokenizer, ema_unet, scheduler, staging)
+            write_training_json(args, step, time.time() - start)
+            log(f"saved {args.out} at step {step}")
+
+        train_unet(text_encoder, unet, ema_text_encoder, ema_unet, scheduler, tokenizer, latent_mean, latent_std, vae.config.scaling_factor, captions, first, args, optimizer, schedule, rng, log,
+                   lambda step: save_state("unet", step, modules, optimizer, schedule, {"scaling_factor": vae.config.scaling_factor}), checkpoints.due, on_save)
+        save_state("decoder", 0, modules, None, None, {"scaling_factor": vae.config.scaling_factor, "decoder_started": False})
+        state, stage_index = checkpoints.load(), 2
+    else:
+        for name, module in modules.items():
+            module.load_state_dict(state["modules"][name])
+
+    # ---- stage 3: sharpen the decoder, encoder frozen
+    if stage_index == 2:
+        decoder_parameters = [p for name, p in vae.named_parameters() if not name.startswith(("encoder.", "quant_conv."))]
+        optimizer, schedule = cosine_adamw(decoder_parameters, 1e-3, max(args.decoder_steps, 1))
+        first = 0
+        if state.get("decoder_started", True):
+            restore(state, modules, optimizer, schedule, rng)
+            first = state["step"]
+        else:
+            restore(state, modules, None, None, rng)
+        finetune_decoder(vae, images, first, args.decoder_steps, args.vae_batch, args.vae_edge_weight, optimizer, schedule, rng, log,
+                         lambda step: save_state("decoder", step, modules, optimizer, schedule, {"scaling_factor": vae.config.scaling_factor}), checkpoints.due)
+        color_ok, shape_ok = vae_checker_accuracy(vae, args.seed + 1, args.check_scenes)
+        log(f"after decoder fine-tuning, checker on VAE round trips: colour {color_ok:.1%} shape {shape_ok:.1%}")
+        save_state("done", 0, modules, None, None, {"scaling_factor": vae.config.scaling_factor})
+
+    save_pipeline(args.out, vae, ema_text_encoder, tokenizer, ema_unet, scheduler, staging)
+    write_training_json(args, args.steps, time.time() - start)
+    log(f"saved {args.out}: finished in {(time.time() - start) / 60:.1f} min")
+
+
+def write_training_json(args, step: int, seconds: float) -> None:
+    (args.out / "training.json").write_text(json.dumps({"step": step, **{k: str(v) for k, v in vars(args).items()}, "seconds": seconds}, indent=2))
+
+
+def unet_optimizer(unet, text_encoder, args):
+    # No weight decay on the embedding table: rows of unused words get no gradient and stay put.
     embedding = text_encoder.get_input_embeddings().weight
-    others = [p for p in parameters if p is not embedding]
+    others = [p for p in list(unet.parameters()) + list(text_encoder.parameters()) if p is not embedding]
     optimizer = torch.optim.AdamW([{"params": others, "weight_decay": 1e-2}, {"params": [embedding], "weight_decay": 0.0}], lr=args.lr)
     warmup = 200
 
@@ -303,14 +449,23 @@ def main() -> None:
         progress = (step - warmup) / max(1, args.steps - warmup)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+
+
+def train_unet(text_encoder, unet, ema_text_encoder, ema_unet, scheduler, tokenizer, latent_mean, latent_std, latent_scaling, captions, first, args,
+               optimizer, schedule, rng, log, checkpoint, checkpoint_due, on_save) -> None:
+    """Epsilon-prediction with 10% empty captions (classifier-free guidance) and an EMA of the weights."""
+    ids = tokenize(tokenizer, captions)
+    empty_ids = tokenize(tokenizer, [""])
+    parameters = list(unet.parameters()) + list(text_encoder.parameters())
+    for module in (ema_text_encoder, ema_unet):
+        module.requires_grad_(False).eval()
     alphas = scheduler.alphas_cumprod
+    scaling_factor = float(latent_scaling)
     unet.train()
     text_encoder.train()
-    running = None
-    last_step = min(args.steps, args.stop_after or args.steps)
-    for step in range(last_step):
-        index = torch.from_numpy(rng.integers(0, len(images), args.batch))
+    for step in range(first, args.steps):
+        index = torch.from_numpy(rng.integers(0, len(latent_mean), args.batch))
         latents = (latent_mean[index] + latent_std[index] * torch.randn_like(latent_mean[index])) * scaling_factor
         # No horizontal flips: captions say "on the left" / "on the right".
         batch_ids = ids[index].clone()
@@ -321,9 +476,10 @@ def main() -> None:
         a = alphas[t].sqrt()[:, None, None, None]
         s = (1 - alphas[t]).sqrt()[:, None, None, None]
         noisy = a * latents + s * noise
-        hidden = text_encoder(batch_ids)[0]
-        prediction = unet(noisy, t, hidden).sample
-        loss = F.mse_loss(prediction, noise)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            hidden = text_encoder(batch_ids)[0]
+            prediction = unet(noisy, t, hidden).sample
+        loss = F.mse_loss(prediction.float(), noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -334,24 +490,12 @@ def main() -> None:
             for ema_module, module in ((ema_unet, unet), (ema_text_encoder, text_encoder)):
                 for p_ema, p in zip(ema_module.parameters(), module.parameters()):
                     p_ema.lerp_(p, 1 - decay)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 50 == 0:
-            log(f"step {step} loss {loss.item():.4f} (running {running:.4f}) lr {schedule.get_last_lr()[0]:.2e}")
-        if (step + 1) % args.save_every == 0 or step == last_step - 1:
-            save_pipeline(args.out, vae, ema_text_encoder, tokenizer, ema_unet, scheduler, staging)
-            (args.out / "training.json").write_text(json.dumps({"step": step + 1, **{k: str(v) for k, v in vars(args).items()}, "running_loss": running, "seconds": time.time() - start}, indent=2))
-            log(f"saved {args.out} at step {step + 1}")
-    refine_decoder(vae, images, args, rng, log)
-    save_pipeline(args.out, vae, ema_text_encoder, tokenizer, ema_unet, scheduler, staging)
-    log(f"saved {args.out} with the fine-tuned decoder")
-
-
-def refine_decoder(vae, images, args, rng, log) -> None:
-    if args.decoder_steps <= 0:
-        return
-    finetune_decoder(vae, images, args.decoder_steps, args.vae_batch, rng, log)
-    color_ok, shape_ok = vae_checker_accuracy(vae, args.seed + 1)
-    log(f"after decoder fine-tuning, checker on VAE round trips: colour {color_ok:.1%} shape {shape_ok:.1%}")
+            log(f"step {step} loss {loss.item():.4f} lr {schedule.get_last_lr()[0]:.2e}")
+        if (step + 1) % args.save_every == 0 or step == args.steps - 1:
+            on_save(step + 1)
+        if checkpoint_due():
+            checkpoint(step + 1)
 
 
 if __name__ == "__main__":

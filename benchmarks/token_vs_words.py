@@ -1,0 +1,121 @@
+"""Does the learned token draw the concept, and more often than typing words would?
+
+    python benchmarks/token_vs_words.py examples/orange-star [--never-captioned] [--seeds 16] [-- INVERT OPTIONS]
+
+For each concept folder (named `<colour>-<shape>`: the pictures' ground truth), runs the real
+command, `edgeinv invert FOLDER --token <colour-shape> --out RUNS/<concept> [INVERT OPTIONS]`,
+in a fresh process under /usr/bin/time (wall time, peak memory). Then draws
+"a photo of a <token>" with `--seeds` fresh seeds (never used by the search) and, with the
+same seeds, every word prompt in `word_prompts`, and scores each picture with the shapes
+checker: "both" = colour and shape right. The table compares the token with the best word
+prompt per concept. `--never-captioned` adds rendered ground truth of the colour/shape pairs
+the default model was never captioned with (edgeinv.shapes.HELD_OUT_PAIRS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from edgeinv import shapes
+from edgeinv.embedding_files import load_embedding
+from edgeinv.generate import add_embedding, generate, image_grid
+from edgeinv.onnx_model import OnnxStableDiffusion
+
+FRESH_SEED = 90_000  # sampling seeds far from any the search or the README uses
+# Words a user might try for the unnamed colour (the model was never told any of them).
+ORANGE_WORDS = ("", "orange", "amber", "tangerine", "gold", "red and yellow", "reddish yellow")
+
+
+def word_prompts(color: str, shape: str) -> list[str]:
+    if color == shapes.UNNAMED_COLOR:
+        return [f"a photo of a {w} {shape}".replace("  ", " ") for w in ORANGE_WORDS]
+    return [f"a photo of a {color} {shape}", f"a photo of a {shape}"]
+
+
+def render_pictures(color: str, shape: str, folder: Path, count: int = 5, seed: int = 4242) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, shapes.SHAPES.index(shape), list(shapes.COLORS).index(color)])
+    for i in range(count):
+        scene = shapes.random_scene(rng, color=color, shape=shape, allow_held_out=True)
+        Image.fromarray(shapes.render(scene)).save(folder / f"{color}-{shape}-{i}.png")
+    return folder
+
+
+def run_invert(folder: Path, token: str, out: Path, options: list[str]) -> dict:
+    command = [sys.executable, "-m", "edgeinv.cli", "invert", str(folder), "--token", token, "--out", str(out), "--no-samples", *options]
+    result = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"invert failed on {folder}:\n{result.stderr[-3000:]}")
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", result.stderr).group(1)
+    seconds = sum(float(part) * 60**i for i, part in enumerate(reversed(wall.split(":"))))
+    peak_mb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1)) / 1024
+    return {"seconds": seconds, "peak_mb": peak_mb, "log": result.stdout + result.stderr}
+
+
+def both_right(images: np.ndarray, color: str, shape: str) -> tuple[float, float, float]:
+    readings = [shapes.read_image(image) for image in images]
+    c = np.mean([r.color == color for r in readings])
+    s = np.mean([r.shape == shape for r in readings])
+    b = np.mean([r.color == color and r.shape == shape for r in readings])
+    return float(c), float(s), float(b)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="*", type=Path)
+    parser.add_argument("--never-captioned", action="store_true", help="add rendered pictures of the never-captioned colour/shape pairs")
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--seeds", type=int, default=16)
+    parser.add_argument("--runs", type=Path, default=Path("runs/token_vs_words"))
+    parser.add_argument("--grid", type=Path, default=None, help="save the token's pictures, one row per concept")
+    parser.add_argument("invert_options", nargs=argparse.REMAINDER, help="after --: options passed to edgeinv invert")
+    args = parser.parse_args()
+    options = [o for o in args.invert_options if o != "--"] + (["--model", str(args.model)] if args.model else [])
+
+    folders = list(args.folders)
+    if args.never_captioned:
+        root = Path(tempfile.mkdtemp(prefix="never-captioned-"))
+        folders += [render_pictures(c, s, root / f"{c}-{s}") for c, s in sorted(shapes.HELD_OUT_PAIRS)]
+    model = OnnxStableDiffusion(args.model)
+    rows, grid_rows = [], []
+    for folder in folders:
+        color, shape = folder.name.split("-")[:2]
+        token = f"<{color}-{shape}>"
+        run = run_invert(folder, token, args.runs / folder.name, options)
+        _, vectors = load_embedding(args.runs / folder.name / "learned_embeds.safetensors")
+        multi: dict[str, int] = {}
+        add_embedding(model, token, vectors, multi)
+        images = generate(model, f"a photo of a {token}", n=args.seeds, seed=FRESH_SEED, multi_vector_tokens=multi)
+        grid_rows.append(images)
+        token_scores = both_right(images, color, shape)
+        words = {p: both_right(generate(model, p, n=args.seeds, seed=FRESH_SEED), color, shape) for p in word_prompts(color, shape)}
+        best_prompt = max(words, key=lambda p: words[p][2])
+        stop = re.search(r"stopped by (\w+) at generation (\d+)|stopped by (\w+) at step (\d+)", run["log"])
+        rows.append((folder.name, token_scores, best_prompt, words[best_prompt], run, stop.group(0) if stop else "?"))
+        print(f"{folder.name}: token {token_scores[2]:.0%} both right; best words {best_prompt!r} {words[best_prompt][2]:.0%}; "
+              f"all words: {', '.join(f'{p!r} {v[2]:.0%}' for p, v in words.items())}", flush=True)
+
+    print(f"\nmodel: {model.folder}; invert options: {' '.join(options) or '(defaults)'}; {args.seeds} fresh seeds per prompt\n")
+    print("| concept | token: colour / shape / both right | best word prompt | words: both right | invert wall | peak memory | stop |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | --- |")
+    for name, (c, s, b), prompt, words, run, stop in rows:
+        print(f"| {name} | {c:.0%} / {s:.0%} / **{b:.0%}** | {prompt} | {words[2]:.0%} | {run['seconds']:.0f} s | {run['peak_mb']:.0f} MB | {stop} |")
+    token_mean = np.mean([r[1][2] for r in rows])
+    words_mean = np.mean([r[3][2] for r in rows])
+    print(f"| **mean** | **{token_mean:.0%}** | | {words_mean:.0%} | {np.mean([r[4]['seconds'] for r in rows]):.0f} s | | |")
+    if args.grid:
+        args.grid.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image_grid([im for row in grid_rows for im in row], columns=args.seeds)).save(args.grid)
+        print(f"\ntoken pictures: {args.grid} (one row per concept)")
+
+
+if __name__ == "__main__":
+    main()
