@@ -44,7 +44,7 @@ def vae_round_trip(model, n: int, seed: int) -> tuple[float, float]:
     rng = np.random.default_rng(seed)
     scenes = [shapes.random_scene(rng, color=str(rng.choice(list(shapes.COLORS))), allow_held_out=True) for _ in range(n)]
     pictures = np.stack([shapes.render(scene) for scene in scenes]).astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1
-    decoded = np.concatenate([to_uint8(model.vae_decode(model.vae_encode(pictures[i : i + 32])[0])) for i in range(0, n, 32)])
+    decoded = np.concatenate([to_uint8(model.vae_decode(model.vae_encode(pictures[i : i + 32])[0] * model.vae_scaling_factor)) for i in range(0, n, 32)])
     readings = [shapes.read_image(image) for image in decoded]
     return float(np.mean([r.color == s.color for r, s in zip(readings, scenes)])), float(np.mean([r.shape == s.shape for r, s in zip(readings, scenes)]))
 

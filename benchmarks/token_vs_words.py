@@ -50,10 +50,11 @@ def render_pictures(color: str, shape: str, folder: Path, count: int = 5, seed: 
 
 
 def run_invert(folder: Path, token: str, out: Path, options: list[str]) -> dict:
+    out.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "edgeinv.cli", "invert", str(folder), "--token", token, "--out", str(out), "--no-samples", *options]
     result = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True)
     if result.returncode != 0:
-        raise SystemExit(f"invert failed on {folder}:\n{result.stderr[-3000:]}")
+        raise SystemExit(f"invert failed on {folder}:\n{result.stderr.split('Command being timed')[0][-3000:]}")
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", result.stderr).group(1)
     seconds = sum(float(part) * 60**i for i, part in enumerate(reversed(wall.split(":"))))
     peak_mb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1)) / 1024
@@ -76,9 +77,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=16)
     parser.add_argument("--runs", type=Path, default=Path("runs/token_vs_words"))
     parser.add_argument("--grid", type=Path, default=None, help="save the token's pictures, one row per concept")
-    parser.add_argument("invert_options", nargs=argparse.REMAINDER, help="after --: options passed to edgeinv invert")
-    args = parser.parse_args()
-    options = [o for o in args.invert_options if o != "--"] + (["--model", str(args.model)] if args.model else [])
+    # Everything after `--` goes to edgeinv invert.
+    argv = sys.argv[1:]
+    invert_options = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    options = invert_options + (["--model", str(args.model)] if args.model else [])
 
     folders = list(args.folders)
     if args.never_captioned:

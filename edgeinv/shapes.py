@@ -18,9 +18,9 @@ from PIL import Image, ImageDraw
 IMAGE_SIZE = 64
 
 # Saturated colours, far apart in hue, so the checker can tell them apart from neutral
-# backgrounds. "orange" is drawn in training but never named: captions of orange pictures
-# leave the colour out, so the model can draw orange but no prompt can ask for it (the
-# README's example concept, what textual inversion is for).
+# backgrounds. "orange" is never shown in the shipped model's training (the README's
+# example concept). The v2 recipe tried drawing it under captions that leave the colour out
+# (`unnamed_color_rate`, `drop_color_rate` below; benchmarks/results/default_model_v2.md).
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
     "green": (35, 165, 55),
@@ -30,12 +30,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "orange": (240, 125, 20),
 }
 TRAIN_COLORS = ("red", "green", "blue", "yellow", "purple")  # the colours captions name
-UNNAMED_COLOR = "orange"
-# How often training pictures are orange, and how often a named colour is left out of the
-# caption: "a photo of a star" then draws orange in about 0.06 / (0.06 + 0.94 * 0.35) = 15%
-# of pictures, so no word prompt asks for orange reliably.
-UNNAMED_COLOR_RATE = 0.06
-DROP_COLOR_RATE = 0.35
+UNNAMED_COLOR = "orange"  # never named in any caption
 SHAPES = ("circle", "square", "triangle", "star")
 SIZES = {"small": (8.0, 11.0), "": (12.0, 15.0), "large": (17.0, 21.0)}
 POSITIONS = {
@@ -79,11 +74,13 @@ def background_word(background: tuple[int, int, int]) -> str:
     return "dark" if level < 85 else "light" if level > 170 else "gray"
 
 
-def random_scene(rng: np.random.Generator, color: str | None = None, shape: str | None = None, allow_held_out: bool = False) -> Scene:
-    """A scene of the training distribution (orange included, held-out pairs excluded), or
-    with the colour / shape given."""
+def random_scene(rng: np.random.Generator, color: str | None = None, shape: str | None = None, allow_held_out: bool = False,
+                 unnamed_color_rate: float = 0.0) -> Scene:
+    """A scene of the training distribution (held-out pairs excluded; orange in a fraction
+    `unnamed_color_rate` of them), or with the colour / shape given."""
     while True:
-        c = color or (UNNAMED_COLOR if rng.random() < UNNAMED_COLOR_RATE else str(rng.choice(TRAIN_COLORS)))
+        unnamed = unnamed_color_rate > 0 and rng.random() < unnamed_color_rate  # no draw at 0: the shipped model's stream
+        c = color or (UNNAMED_COLOR if unnamed else str(rng.choice(TRAIN_COLORS)))
         s = shape or str(rng.choice(SHAPES))
         if allow_held_out or (c, s) not in HELD_OUT_PAIRS:
             break
@@ -145,11 +142,14 @@ def render(scene: Scene, size: int = IMAGE_SIZE) -> np.ndarray:
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
-def training_example(rng: np.random.Generator) -> tuple[np.ndarray, str]:
-    """One (image, caption) pair of the training distribution."""
-    scene = random_scene(rng)
+def training_example(rng: np.random.Generator, unnamed_color_rate: float = 0.0, drop_color_rate: float = 0.0) -> tuple[np.ndarray, str]:
+    """One (image, caption) pair of the training distribution. The v2 recipe's options:
+    `unnamed_color_rate` of the pictures orange (its captions never name it), and a named
+    colour left out of the caption with probability `drop_color_rate`, so that a colour-less
+    caption does not mean orange."""
+    scene = random_scene(rng, unnamed_color_rate=unnamed_color_rate)
     prefix = str(rng.choice(PREFIXES))
-    say_color = bool(rng.random() >= DROP_COLOR_RATE)
+    say_color = not (drop_color_rate > 0 and rng.random() < drop_color_rate)
     caption = scene.caption(prefix, say_position=bool(rng.random() < 0.6), say_background=bool(rng.random() < 0.3), say_color=say_color)
     return render(scene), caption
 

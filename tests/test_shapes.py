@@ -20,14 +20,15 @@ def test_checker_reports_nothing_on_a_blank_background():
     assert shapes.read_image(blank).color is None
 
 
-def test_training_data_never_shows_held_out_pairs(rng):
+def test_training_data_never_shows_held_out_pairs_or_orange(rng):
     for _ in range(2000):
         scene = shapes.random_scene(rng)
         assert (scene.color, scene.shape) not in shapes.HELD_OUT_PAIRS
+        assert scene.color != "orange"
 
 
-def test_orange_is_drawn_in_training_but_never_named(rng):
-    examples = [shapes.training_example(rng) for _ in range(3000)]
+def test_v2_recipe_draws_orange_but_never_names_it(rng):
+    examples = [shapes.training_example(rng, unnamed_color_rate=0.06, drop_color_rate=0.35) for _ in range(3000)]
     orange = [caption for image, caption in examples if shapes.read_image(image).color == "orange"]
     # drawn often enough to be learned...
     assert 0.03 * len(examples) < len(orange) < 0.1 * len(examples)
