@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from edgeinv import __version__
 from edgeinv.errors import UserError
@@ -22,15 +23,36 @@ MODEL_HELP = "exported ONNX model folder (default: the shipped tiny-sd-shapes mo
 
 
 class Main(click.Group):
+    argv: list[str] = []  # this invocation's arguments, for the resume command printed after Ctrl-C
+
+    def main(self, args=None, *rest, **kwargs):
+        Main.argv = list(args) if args is not None else sys.argv[1:]
+        return super().main(args, *rest, **kwargs)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UserError as error:
-            console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-            sys.exit(2)
+            fail(str(error))
+        except OSError as error:  # disk full, permissions, ... anywhere: still one line
+            from edgeinv.files import DISK_ERRNOS, disk_error
+
+            if error.errno not in DISK_ERRNOS:
+                raise
+            fail(str(disk_error(error.filename or "output", error)))
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]")
             sys.exit(130)
+
+
+def fail(message: str) -> None:
+    """One line on stderr (however long), exit status 2."""
+    console.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", highlight=False, soft_wrap=True)
+    sys.exit(2)
+
+
+def warning(message: str) -> None:
+    console.print(f"[yellow]{escape(message)}[/]", highlight=False, soft_wrap=True)
 
 
 @click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
@@ -100,7 +122,7 @@ def _copy_folder(source: Path, out: Path) -> Path:
 @click.option("--steps", default=25, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--guidance", default=7.5, show_default=True, type=float, help="classifier-free guidance scale (1 = off)")
 @click.option("--scheduler", default="ddim", show_default=True, type=click.Choice(["ddim", "euler"]))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
 @click.option("-n", "count", default=4, show_default=True, type=click.IntRange(1, 64), help="number of images")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("generated.png"), show_default=True, help="PNG file: one image, or a grid of all")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
@@ -147,7 +169,8 @@ METHOD_HELP = ("cma-es: forward passes only on ONNX Runtime (no torch). ti, drea
 @click.option("--property", "concept_kind", default="object", show_default=True, type=click.Choice(["object", "style"]), help="caption templates")
 @click.option("--out", type=click.Path(path_type=Path), help="run folder (default: runs/<token>-<time>)")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--overwrite", is_flag=True, help="start again in an --out that holds files (an earlier run's outputs are replaced)")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--budget", default=None, type=click.IntRange(1), help="maximum generations (cma-es) or steps [default: the method's, see README]")
 @click.option("--popsize", default=None, type=click.IntRange(2), help="cma-es: candidates per generation [default: 4 + 3 ln dim]")
 @click.option("--dim", default=32, show_default=True, type=click.IntRange(1), help="cma-es: search subspace dimension")
@@ -170,7 +193,7 @@ METHOD_HELP = ("cma-es: forward passes only on ONNX Runtime (no torch). ti, drea
 @click.option("--mixed-precision", default="no", show_default=True, type=click.Choice(["no", "bf16", "fp16"]), help="gradient methods (fp16 needs CUDA)")
 @click.option("--checkpoint-every", default=25, show_default=True, type=click.IntRange(1), help="gradient methods: steps between checkpoints")
 @click.option("--no-samples", is_flag=True, help="skip drawing samples.png")
-def invert(images, method, model, token, init_words, init_candidates, concept_kind, out, resume, seed, budget, popsize, dim, subspace, samples,
+def invert(images, method, model, token, init_words, init_candidates, concept_kind, out, resume, overwrite, seed, budget, popsize, dim, subspace, samples,
            heldout, dvar_window, dvar_threshold, timesteps, flip, chunk_size, device, threads, lr, weights_lr, batch_size, rank, class_word,
            prior_images, mixed_precision, checkpoint_every, no_samples) -> None:
     """Learn TOKEN from the pictures in IMAGES (default method: forward passes only, no torch).
@@ -181,40 +204,64 @@ def invert(images, method, model, token, init_words, init_candidates, concept_ki
     (custom-diffusion). Ctrl-C keeps the last checkpoint; --resume continues it exactly.
     """
     from edgeinv.embedding_files import file_stem, save_embedding
-    from edgeinv.invert import InvertConfig
+    from edgeinv.files import check_writable_folder
+    from edgeinv.invert import CHECKPOINT, OLD_CHECKPOINTS, InvertConfig, check_dim, check_token, check_token_text, load_checkpoint
     from edgeinv.report import plot_loss, write_config, write_samples
 
+    # Everything a user can get wrong is checked here, before a model is loaded or a picture encoded.
     if resume and out is None:
         raise UserError("--resume needs --out RUN_FOLDER (the folder of the run to continue)")
-    if not resume and out is not None and any((out / name).exists() for name in ("checkpoint.pkl", "checkpoint.pt")):
-        raise UserError(f"{out}: holds an earlier run; add --resume to continue it, or choose another --out")
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other; give one")
+    check_token_text(token)
     out = out or Path("runs") / f"{file_stem(token)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_writable_folder(out)
+    checkpoints = ("checkpoint.pt",) if method != "cma-es" else (CHECKPOINT,)
+    if not resume and out.is_dir() and any(out.iterdir()) and not overwrite:
+        if any((out / name).exists() for name in ("checkpoint.json", "checkpoint.pt", *OLD_CHECKPOINTS)):
+            raise UserError(f"{out}: holds an earlier run; add --resume to continue it, --overwrite to start again, or choose another --out")
+        raise UserError(f"{out}: not empty; choose a new or empty --out, or add --overwrite to replace the files edgeinv writes there")
+    if resume and not any((out / name).is_file() for name in checkpoints):
+        if any((out / name).is_file() for name in OLD_CHECKPOINTS):
+            raise UserError(f"{out / OLD_CHECKPOINTS[0]}: a pickled checkpoint from an older edgeinv, which is never loaded (it could run code); start again with --overwrite")
+        raise UserError(f"{out}: no checkpoint to resume ({', '.join(checkpoints)}); start a new run without --resume")
     if not (0.0 <= timesteps[0] < timesteps[1] <= 1.0):
         raise UserError(f"--timesteps {timesteps[0]} {timesteps[1]}: give 0 <= low < high <= 1")
     config = InvertConfig(images=str(images), model=model, method=method, token=token, init=list(init_words), init_candidates=init_candidates,
                           property=concept_kind, seed=seed, budget=budget, popsize=popsize, dim=dim, subspace=subspace, samples=samples, heldout=heldout,
                           dvar_window=dvar_window, dvar_threshold=dvar_threshold, timesteps=tuple(timesteps), flip=flip, chunk_size=chunk_size,
                           device=device, threads=threads, lr=lr, weights_lr=weights_lr, batch_size=batch_size, rank=rank, class_word=class_word,
-                          prior_images=prior_images, mixed_precision=mixed_precision, checkpoint_every=checkpoint_every).resolved()
+                          prior_images=prior_images, mixed_precision=mixed_precision, checkpoint_every=checkpoint_every).resolved()  # hashes the pictures
     if method == "cma-es":
         from edgeinv.invert import invert
         from edgeinv.onnx_model import OnnxStableDiffusion
+
+        if resume:
+            load_checkpoint(out, config)  # same settings, same pictures?
 
         def run(*args, **kwargs):  # the forward-only search has no trained weights besides the token
             return invert(*args, **kwargs), None
 
         sd = OnnxStableDiffusion(model, device=device, threads=threads)
+        check_token(sd.tokenizer, token)
+        check_dim(config, sd)
         unit = "generation"
     else:
         try:
-            from edgeinv.gradient.train import train as run
+            from edgeinv.gradient.train import load_checkpoint as load_gradient_checkpoint, train as run
             from edgeinv.gradient.torch_model import TorchStableDiffusion
         except ImportError as error:
             raise UserError(f"--method {method} needs the torch extra ({error.name} is missing): pip install torch==2.13.0 'edgeinv[torch]'") from None
 
+        if resume:
+            load_gradient_checkpoint(out, config)
         with console.status(f"loading {model or 'the default model'} in PyTorch"):
             sd = TorchStableDiffusion(model, device=device)
+        check_token(sd.tokenizer, token)
         unit = "step"
+    if overwrite:
+        for name in (*checkpoints, *OLD_CHECKPOINTS):
+            (out / name).unlink(missing_ok=True)  # a fresh run must not be resumable as the old one
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     columns = [TextColumn(f"[bold]{method}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
@@ -225,11 +272,17 @@ def invert(images, method, model, token, init_words, init_candidates, concept_ki
             bar.update(task, completed=record.number + 1, stats=record.progress_text())
 
         try:
-            result, trained = run(config, out, resume=resume, progress=show, warn=lambda m: console.print(f"[yellow]{m}[/]", highlight=False), model=sd)
+            result, trained = run(config, out, resume=resume, progress=show, warn=warning, model=sd)
         except KeyboardInterrupt:
             bar.stop()
-            console.print(f"[yellow]interrupted[/]; the last checkpoint is saved. Continue with: edgeinv invert {images} --method {method} --out {out} --resume")
+            if any((out / name).is_file() for name in checkpoints):
+                console.print(f"[yellow]interrupted[/]; the last checkpoint is saved. Continue with: {escape(resume_command(out))}", highlight=False, soft_wrap=True)
+            else:
+                console.print("[yellow]interrupted[/] before the first checkpoint; nothing to resume, run the same command again", highlight=False, soft_wrap=True)
             sys.exit(130)
+        except BaseException:
+            bar.live.transient = True  # the error is the only line
+            raise
         bar.update(task, completed=config.budget if result.stopped_by == "budget" else result.stop_generation)
 
     paths = save_embedding(out, token, result.vector)
@@ -251,6 +304,18 @@ def invert(images, method, model, token, init_words, init_candidates, concept_ki
         console.print(f"  {paths['custom_diffusion']}  (diffusers: pipe.unet.load_attn_procs(folder, weight_name=..., _pipeline=pipe); with the token file above)")
     if method == "cma-es":
         console.print(f"  try: edgeinv generate \"a photo of a {token}\" --embedding {paths['diffusers']}")
+
+
+def resume_command(out: Path) -> str:
+    """The command line that continues this run: the user's own options, --out, --resume."""
+    import shlex
+
+    args = [str(a) for a in Main.argv if a != "--overwrite"]
+    if "--out" not in args and not any(a.startswith("--out=") for a in args):
+        args += ["--out", str(out)]
+    if "--resume" not in args:
+        args.append("--resume")
+    return shlex.join(["edgeinv", *args])
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ class ClipTokenizer:
 
     def add_token(self, token: str) -> int:
         """Add a learned token (e.g. "<my-cat>") as one unsplittable word; returns its id."""
-        if self.in_vocabulary(token):
+        if self.in_vocabulary(token) or self._tokenizer.token_to_id(token) is not None:
             raise UserError(f"token {token!r} is already a word of the vocabulary; pick another, e.g. '<{token.strip('<>')}-v1>'")
         self._tokenizer.add_tokens([AddedToken(token, single_word=False, normalized=False)])
         self.added.append(token)
