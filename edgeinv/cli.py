@@ -34,6 +34,9 @@ class Main(click.Group):
             return super().invoke(ctx)
         except UserError as error:
             fail(str(error))
+        except click.UsageError as error:  # a bad option value: one line too, not click's usage block
+            command = error.ctx.command_path if error.ctx else "edgeinv"
+            fail(f"{error.format_message().rstrip('.')}; see `{command} --help`")
         except OSError as error:  # disk full, permissions, ... anywhere: still one line
             from edgeinv.files import DISK_ERRNOS, disk_error
 
@@ -71,46 +74,140 @@ def main() -> None:
 @click.argument("source")
 @click.option("--out", type=click.Path(path_type=Path), help="output folder (default: SOURCE-onnx; an ONNX SOURCE is adopted in place)")
 @click.option("--config", help="for single-file checkpoints offline: a diffusers folder (or hub id) of the same architecture")
-def export(source: str, out: Path | None, config: str | None) -> None:
+@click.option("--overwrite", is_flag=True, help="replace an --out that holds a different model or other files")
+def export(source: str, out: Path | None, config: str | None, overwrite: bool) -> None:
     """Convert a checkpoint to edgeinv's ONNX folder (optimum's layout + inversion extras).
 
     SOURCE is a diffusers folder, a single .safetensors/.ckpt file, a hub id (needs a
-    network), or an existing optimum ONNX export, which is adopted without torch.
+    network), or an existing optimum ONNX export, which is adopted without torch. The
+    folder is written beside --out and swapped in when complete, so an interrupted export
+    leaves the earlier --out as it was.
     """
+    import shutil
+
     from edgeinv import manifest
+    from edgeinv.files import check_writable_folder
 
     path = Path(source)
+    same_folder = out is None or (out.exists() and path.exists() and out.resolve() == path.resolve())
+    if path.is_dir() and (path / manifest.MANIFEST_NAME).is_file():
+        from edgeinv.onnx_model import OnnxStableDiffusion
+
+        OnnxStableDiffusion._check_folder(path)  # a damaged folder says so
+        if same_folder:
+            console.print(f"{escape(str(path))}: already an edgeinv model folder; nothing to do", highlight=False)
+            return
+        check_export_out(out, source, overwrite)
+        with staged_folder(out) as tmp:
+            shutil.copytree(path, tmp, dirs_exist_ok=True)
+        console.print(f"[green]copied[/] {escape(str(path))} to {escape(str(out))}", highlight=False)
+        return
     if path.is_dir() and (path / manifest.TEXT_ENCODER_IDS).is_file():
         from edgeinv.onnx_surgery import adopt_optimum_folder
 
-        target = path if out is None else _copy_folder(path, out)
-        with console.status(f"adopting {target}"):
-            adopt_optimum_folder(target)
-            manifest.write_manifest(target, source, {"adopted": "optimum"})
-        console.print(f"[green]adopted[/] {target}: added {manifest.TEXT_ENCODER_EMBEDS}, {manifest.TOKEN_EMBEDDINGS}, {manifest.MANIFEST_NAME}")
+        if same_folder:  # in place: only adds files (the manifest last), so an interrupted adoption can be rerun
+            check_writable_folder(path, "SOURCE")
+            with console.status(f"adopting {path}"):
+                adopt_optimum_folder(path)
+                widen_permissions(path)
+                manifest.write_manifest(path, source, {"adopted": "optimum"})
+            target = path
+        else:
+            check_export_out(out, source, overwrite)
+            with console.status(f"adopting {path} into {out}"), staged_folder(out) as tmp:
+                shutil.copytree(path, tmp, dirs_exist_ok=True)
+                adopt_optimum_folder(tmp)
+                manifest.write_manifest(tmp, source, {"adopted": "optimum"})
+            target = out
+        console.print(f"[green]adopted[/] {escape(str(target))}: added {manifest.TEXT_ENCODER_EMBEDS}, {manifest.TOKEN_EMBEDDINGS}, {manifest.MANIFEST_NAME}", highlight=False)
         return
 
-    from edgeinv_export.load import load_pipeline
-
     out = out or Path(f"{path.name if path.exists() else source.replace('/', '--')}-onnx")
+    check_export_out(out, source, overwrite)  # before torch loads anything
+    try:
+        from edgeinv_export.load import load_pipeline
+        from edgeinv_export.onnx_export import export_pipeline
+    except ImportError as error:
+        raise UserError(f"export needs the torch extra ({error.name} is missing): pip install torch==2.13.0 'edgeinv[torch]'") from None
+
     with console.status(f"loading {source}"):
         pipeline = load_pipeline(source, config)
-    from edgeinv_export.onnx_export import export_pipeline
-
     start = time.time()
-    with console.status(f"exporting to {out}"):
-        seconds = export_pipeline(pipeline, out, source)
+    with console.status(f"exporting to {out}"), staged_folder(out) as tmp:
+        seconds = export_pipeline(pipeline, tmp, source)
     detail = ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items())
-    console.print(f"[green]exported[/] {out} in {time.time() - start:.1f}s ({detail})")
+    console.print(f"[green]exported[/] {escape(str(out))} in {time.time() - start:.1f}s ({detail})", highlight=False)
 
 
-def _copy_folder(source: Path, out: Path) -> Path:
-    import shutil
+def check_export_out(out: Path, source: str, overwrite: bool) -> None:
+    """Refuse an --out that is a file, unwritable, or holds something else, unless --overwrite."""
+    from edgeinv import manifest
+    from edgeinv.files import check_writable_folder
 
-    if out.exists():
-        raise UserError(f"{out}: already exists; choose a new --out or omit it to adopt {source} in place")
-    shutil.copytree(source, out)
-    return out
+    check_writable_folder(out)
+    if overwrite or not out.is_dir() or not any(out.iterdir()):
+        return
+    try:
+        record = manifest.read_manifest(out)
+    except UserError:
+        record = None
+    if record is not None and str(record.get("source")) == str(source):
+        return  # the same model exported again: replaced whole when the new one is complete
+    what = f"a model exported from {record.get('source')}" if record is not None else "other files"
+    raise UserError(f"{out}: holds {what}; choose another --out, or add --overwrite to replace it")
+
+
+def widen_permissions(folder: Path) -> None:
+    """Model folders are shared: files 0644, folders 0755 (safetensors and mkdtemp write private ones)."""
+    import os
+
+    os.chmod(folder, 0o755)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o755)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o644)
+
+
+class staged_folder:
+    """Build a folder beside `out`, then swap it in; on any failure the temporary folder goes
+    and `out` is left as it was."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+
+    def __enter__(self) -> Path:
+        import tempfile
+
+        from edgeinv.files import disk_error
+
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.", suffix=".tmp"))
+        except OSError as error:
+            raise disk_error(self.out, error) from None
+        return self.tmp
+
+    def __exit__(self, kind, value, traceback) -> None:
+        import os
+        import shutil
+
+        if kind is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        widen_permissions(self.tmp)
+        old = None
+        if self.out.exists():
+            old = self.out.parent / f"{self.tmp.name}.old"
+            os.replace(self.out, old)
+        try:
+            os.replace(self.tmp, self.out)
+        except BaseException:
+            if old is not None:
+                os.replace(old, self.out)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 @main.command()
@@ -124,35 +221,72 @@ def _copy_folder(source: Path, out: Path) -> Path:
 @click.option("--scheduler", default="ddim", show_default=True, type=click.Choice(["ddim", "euler"]))
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
 @click.option("-n", "count", default=4, show_default=True, type=click.IntRange(1, 64), help="number of images")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("generated.png"), show_default=True, help="PNG file: one image, or a grid of all")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("generated.png"), show_default=True,
+              help="picture file (.png .jpg .webp ...; no extension: .png): one image, or a grid of all. A folder: one PNG per image plus the grid")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 def generate(prompt, model, embeddings, tokens, negative, steps, guidance, scheduler, seed, count, out, device) -> None:
     """Draw PROMPT with the ONNX model (torch is not used)."""
     from PIL import Image
 
     from edgeinv.embedding_files import load_embedding
+    from edgeinv.files import atomic_path
     from edgeinv.generate import add_embedding, generate as run, image_grid
     from edgeinv.onnx_model import OnnxStableDiffusion
 
     if len(tokens) > len(embeddings):
         raise UserError("more --token than --embedding options; give one --token per --embedding")
+    targets, grid_path = output_paths(out, count)  # before any sampling: a bad --out costs nothing
     sd = OnnxStableDiffusion(model, device=device)
     multi: dict[str, int] = {}
     for i, path in enumerate(embeddings):
         token, vectors = load_embedding(path, tokens[i] if i < len(tokens) else None)
         add_embedding(sd, token, vectors, multi)
         if token not in prompt:
-            console.print(f"[yellow]warning:[/] {path} adds {token!r}, which PROMPT does not use")
+            warning(f"warning: {path} adds {token!r}, which PROMPT does not use")
     from rich.progress import Progress
 
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("sampling", total=steps)
         images = run(sd, prompt, negative_prompt=negative, steps=steps, guidance=guidance, scheduler=scheduler, n=count, seed=seed,
                      multi_vector_tokens=multi, progress=lambda i, total: bar.update(task, completed=i))
-    picture = images[0] if count == 1 else image_grid(images, columns=min(count, 4))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(picture).save(out)
-    console.print(f"[green]saved[/] {out} ({count} image{'s' if count > 1 else ''}, {images.shape[2]}x{images.shape[1]})")
+    pictures = list(zip(targets, images)) if targets else []
+    if grid_path is not None:
+        pictures.append((grid_path, images[0] if count == 1 else image_grid(images, columns=min(count, 4))))
+    for path, picture in pictures:
+        with atomic_path(path) as tmp:  # the earlier file stays whole until the new one is complete
+            Image.fromarray(picture).save(tmp, format=IMAGE_FORMATS[path.suffix.lower()])
+    saved = grid_path if not targets else out
+    console.print(f"[green]saved[/] {escape(str(saved))} ({count} image{'s' if count > 1 else ''}, {images.shape[2]}x{images.shape[1]})", highlight=False)
+
+
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def output_paths(out: Path, count: int) -> tuple[list[Path], Path | None]:
+    """(one file per image, the single picture or grid) for `generate --out`, checked before sampling.
+
+    A folder (existing, or given with a trailing slash) receives image-NNNN.png per image,
+    numbered after the ones already there, plus grid-NNNN.png; a file name without an
+    extension gets .png."""
+    import re
+
+    from edgeinv.files import check_writable_folder
+
+    if out.is_dir() or str(out).endswith(("/", "\\")):
+        check_writable_folder(out)
+        taken = [int(m.group(1)) for p in (out.glob("image-*.png") if out.is_dir() else []) if (m := re.fullmatch(r"image-(\d+)\.png", p.name))]
+        first = max(taken, default=0) + 1
+        return [out / f"image-{first + i:04d}.png" for i in range(count)], (out / f"grid-{first:04d}.png" if count > 1 else None)
+    if out.suffix == "":
+        out = out.with_name(out.name + ".png")
+    if out.suffix.lower() not in IMAGE_FORMATS:
+        raise UserError(f"{out}: unknown picture extension {out.suffix!r}; use one of {', '.join(IMAGE_FORMATS)} (or a folder)")
+    if out.is_dir():
+        raise UserError(f"{out}: is a folder; give a file name or the folder without an extension")
+    check_writable_folder(out.parent, "the folder of --out")
+    if len(out.name.encode()) > 250:
+        raise UserError(f"{out.name[:40]}...: --out name is too long; choose a shorter one")
+    return [], out
 
 
 METHOD_HELP = ("cma-es: forward passes only on ONNX Runtime (no torch). ti, dreambooth (LoRA), custom-diffusion: "
