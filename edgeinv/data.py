@@ -146,12 +146,13 @@ def load_images(folder: str | Path, size: int, min_side: int | None = None, warn
             paths.append(path)
         except ValueError as reason:
             skipped.append((path, str(reason)))
-    for path, reason in skipped:
-        warn(f"skipping {path}: {reason}")
-    if not images:
+    if not images:  # one line that gives the reasons, rather than a warning per file and then an error
         if not candidates and not broken:
             raise UserError(f"{folder}: the folder is empty; put 3-20 pictures of your concept in it")
-        raise UserError(f"{folder}: no usable picture among {len(candidates) + len(broken)} files ({skipped[0][0].name}: {skipped[0][1]})")
+        reasons = "; ".join(f"{path.name}: {reason}" for path, reason in skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
+        raise UserError(f"{folder}: no usable picture among {len(candidates) + len(broken)} files ({reasons})")
+    for path, reason in skipped:
+        warn(f"skipping {path}: {reason}")
     if len(images) < 3:
         warn(f"only {len(images)} picture{'s' if len(images) > 1 else ''} in {folder}; 3-20 give a more faithful concept")
     return ImageSet(np.stack(images), paths, skipped)

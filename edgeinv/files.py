@@ -64,6 +64,8 @@ def atomic_path(path: Path, mode: int = 0o644) -> Iterator[Path]:
 def check_writable_folder(folder: Path, option: str = "--out") -> None:
     """Fail early when `folder` (existing or to be created) cannot be written."""
     folder = Path(folder)
+    if any(len(part.encode()) > 255 for part in folder.parts):
+        raise UserError(f"{str(folder)[:60]}...: {option} has a name longer than 255 bytes; choose a shorter one")
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder}: {option} is an existing file; give a folder (a new or empty one)")
     existing = folder
@@ -75,5 +77,3 @@ def check_writable_folder(folder: Path, option: str = "--out") -> None:
         raise UserError(f"{existing}: is a file, so {option} {folder} cannot be created inside it; choose another {option}")
     if not os.access(existing, os.W_OK | os.X_OK) or os.statvfs(existing).f_flag & os.ST_RDONLY:
         raise UserError(f"{existing}: not writable, so {option} {folder} cannot be written; choose a folder you can write to")
-    if len(folder.name.encode()) > 255:
-        raise UserError(f"{folder.name[:40]}...: {option} name is longer than 255 bytes; choose a shorter one")
