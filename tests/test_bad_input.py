@@ -216,6 +216,8 @@ CASES = {
     "resume-missing-fields": lambda t, c, r, m: resume_with(t, c, r, lambda p: p.write_text(json.dumps({k: v for k, v in json.loads(p.read_text()).items() if k != "told"})), "damaged checkpoint"),
     "resume-tampered-losses": lambda t, c, r, m: resume_with(t, c, r, tamper_losses, "does not replay"),
     "resume-old-pickle": lambda t, c, r, m: resume_old_pickle(t, c, r),
+    "resume-ti-damaged-checkpoint": lambda t, c, r, m: ti_checkpoint(t, c, lambda p: p.write_bytes(b"PK\x03\x04 not a torch file")),
+    "resume-ti-pickled-code": lambda t, c, r, m: ti_checkpoint(t, c, "code"),
     "resume-other-settings": lambda t, c, r, m: case(["invert", c, "--out", shutil.copytree(r, t / "run"), "--resume", *FAST, "--seed", "7"], "other settings", [t / "run"]),
     "resume-changed-pictures": lambda t, c, r, m: resume_changed_pictures(t, c, r),
     # ---- generate
@@ -308,6 +310,20 @@ def resume_changed_pictures(tmp: Path, concept: Path, run: Path):
     picture(pictures / "0.png", (10, 200, 10))
     # --model points nowhere: the fingerprint must be checked before any model is opened
     return case(["invert", pictures, "--out", out, "--resume", "--model", tmp / "no-model", *FAST], "other pictures", [out])
+
+
+def ti_checkpoint(tmp: Path, concept: Path, damage):
+    """--method ti --resume on a damaged checkpoint.pt, or one whose unpickling would run code."""
+    torch = pytest.importorskip("torch")
+    out = tmp / "ti-run"
+    out.mkdir()
+    marker = tmp / "unpickled"
+    if damage == "code":
+        torch.save({"fingerprint": RunCode(str(marker)), "step": 1}, out / "checkpoint.pt")
+    else:
+        damage(out / "checkpoint.pt")
+    args, fragment, preserved = case(["invert", concept, "--method", "ti", "--out", out, "--resume", "--budget", "2"], "unreadable checkpoint", [out])
+    return args, fragment, preserved, lambda: not marker.exists()
 
 
 def pt_with_code(tmp: Path):
