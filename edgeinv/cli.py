@@ -95,7 +95,7 @@ def export(source: str, out: Path | None, config: str | None, overwrite: bool) -
 
         OnnxStableDiffusion._check_folder(path)  # a damaged folder says so
         if same_folder:
-            console.print(f"{escape(str(path))}: already an edgeinv model folder; nothing to do", highlight=False)
+            console.print(f"{escape(str(path))}: already an edgeinv model folder; nothing to do", highlight=False, soft_wrap=True)
             return
         check_export_out(out, source, overwrite)
         with staged_folder(out) as tmp:
@@ -109,7 +109,8 @@ def export(source: str, out: Path | None, config: str | None, overwrite: bool) -
             check_writable_folder(path, "SOURCE")
             with console.status(f"adopting {path}"):
                 adopt_optimum_folder(path)
-                widen_permissions(path)
+                for added in (manifest.TEXT_ENCODER_EMBEDS, manifest.TOKEN_EMBEDDINGS):
+                    (path / added).chmod(0o644)  # readable by the folder's other users, like the rest of it
                 manifest.write_manifest(path, source, {"adopted": "optimum"})
             target = path
         else:

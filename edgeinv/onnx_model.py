@@ -23,13 +23,21 @@ from edgeinv.tokenizer import ClipTokenizer
 DEFAULT_MODEL_NAME = "tiny-sd-shapes-onnx"
 
 
-def default_model_dir() -> Path:
-    """The shipped default model: $EDGEINV_MODEL, a source checkout's models/, or the install's share/."""
-    import sys
+def packaged_model_dir(name: str) -> Path | None:
+    """A model shipped inside the installed package (package data), in any install mode."""
+    from importlib.resources import files
 
+    try:
+        return Path(str(files("edgeinv") / name))
+    except (ModuleNotFoundError, TypeError):
+        return None
+
+
+def default_model_dir() -> Path:
+    """The shipped default model: $EDGEINV_MODEL, a source checkout's models/, or the installed package's copy."""
     if os.environ.get("EDGEINV_MODEL"):
         return Path(os.environ["EDGEINV_MODEL"])
-    candidates = [Path(__file__).resolve().parent.parent / "models" / DEFAULT_MODEL_NAME, Path(sys.prefix) / "share" / "edgeinv" / "models" / DEFAULT_MODEL_NAME]
+    candidates = [c for c in (Path(__file__).resolve().parent.parent / "models" / DEFAULT_MODEL_NAME, packaged_model_dir("default_model")) if c is not None]
     for candidate in candidates:
         if (candidate / manifest.MANIFEST_NAME).is_file():
             return candidate
