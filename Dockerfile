@@ -6,15 +6,15 @@
 #       edgeinv invert /pictures --model /model --token "<my-thing>" --out /runs/my-thing
 #
 # Two stages. The first installs the wheel (`pip install .`, as .ci/run tests it) into a venv at
-# /opt/edgeinv, removes what the runtime never loads (pip, the gradient methods' PyTorch model,
-# test suites, the Hugging Face hub client that tokenizers pulls in, ONNX Runtime's C-API
-# library that the Python module does not link), strips debug symbols and compiles only the
-# modules that generate and invert import. The second is python:3.11-slim plus that one folder:
-# no compiler, no build tools, no caches. Size breakdown: README "Docker".
+# /opt/edgeinv, removes what generate and invert never load (pip, the gradient methods' PyTorch
+# model, test suites, the Hugging Face hub client that tokenizers pulls in, ONNX Runtime's C-API
+# library that its Python module does not link, and the `onnx` package, which only adopting an
+# optimum export needs: adopt or export outside the image) and compiles only the modules that
+# generate and invert import. The second is python:3.11-slim plus that one folder: no compiler,
+# no build tools, no caches. Size breakdown: README "Docker".
 
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=
-RUN apt-get update -q && apt-get install -y -q --no-install-recommends binutils >/dev/null && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY edgeinv ./edgeinv
@@ -25,14 +25,14 @@ RUN python -m venv /opt/edgeinv \
  && /opt/edgeinv/bin/pip install -q --no-compile . \
  && /opt/edgeinv/bin/python -c "import importlib.util as u; assert u.find_spec('torch') is None, 'the base install pulled in torch'"
 WORKDIR /opt/edgeinv/lib/python3.11/site-packages
-RUN /opt/edgeinv/bin/pip uninstall -y -q huggingface_hub hf-xet fsspec httpx httpcore httpx2 httpcore2 h11 anyio sniffio idna certifi \
+RUN /opt/edgeinv/bin/pip uninstall -y -q onnx ml_dtypes huggingface_hub hf-xet fsspec httpx httpcore httpx2 httpcore2 h11 anyio sniffio idna certifi \
         requests urllib3 charset-normalizer truststore tqdm PyYAML filelock Pygments markdown-it-py mdurl setuptools wheel 2>/dev/null \
  && /opt/edgeinv/bin/python -m pip uninstall -y -q pip \
- && rm -rf edgeinv/default_torch_model onnx/backend/test onnxruntime/transformers onnxruntime/tools onnxruntime/capi/libonnxruntime.so.* \
+ && rm -rf edgeinv/default_torch_model onnxruntime/capi/libonnxruntime.so.* \
+        onnxruntime/transformers onnxruntime/tools onnxruntime/quantization onnxruntime/backend onnxruntime/datasets \
         numpy/f2py numpy/_core/_simd.*.so numpy/_core/_*tests.*.so PIL/_avif.*.so pillow.libs/libavif-* \
  && find . -type d \( -name tests -o -name __pycache__ \) -prune -exec rm -rf {} + \
- && find . -name "*.pyi" -delete \
- && find . -name "*.so*" -type f -exec strip --strip-unneeded {} +
+ && find . -name "*.pyi" -delete
 COPY examples/orange-star /tmp/pictures
 # Byte-code for exactly the modules a run imports (and a check that the runtime still works).
 RUN cd /tmp && /opt/edgeinv/bin/edgeinv --help >/dev/null \

@@ -103,7 +103,10 @@ def export(source: str, out: Path | None, config: str | None, overwrite: bool) -
         console.print(f"[green]copied[/] {escape(str(path))} to {escape(str(out))}", highlight=False)
         return
     if path.is_dir() and (path / manifest.TEXT_ENCODER_IDS).is_file():
-        from edgeinv.onnx_surgery import adopt_optimum_folder
+        try:
+            from edgeinv.onnx_surgery import adopt_optimum_folder
+        except ImportError as error:  # the Docker image leaves `onnx` out
+            raise UserError(f"adopting {path} needs the onnx package ({error.name} is missing): pip install onnx, or adopt it outside the container") from None
 
         if same_folder:  # in place: only adds files (the manifest last), so an interrupted adoption can be rerun
             check_writable_folder(path, "SOURCE")
