@@ -42,7 +42,8 @@ RUN cd /tmp && /opt/edgeinv/bin/edgeinv --help >/dev/null \
  && rm -rf /tmp/*
 
 FROM python:3.11-slim
-ENV PATH=/opt/edgeinv/bin:$PATH PYTHONUNBUFFERED=1
+# HOME=/tmp: ONNX Runtime keeps a small file under $HOME and warns when it cannot (docker run --user UID)
+ENV PATH=/opt/edgeinv/bin:$PATH PYTHONUNBUFFERED=1 HOME=/tmp
 COPY --from=build /opt/edgeinv /opt/edgeinv
 WORKDIR /work
 ENTRYPOINT ["edgeinv"]

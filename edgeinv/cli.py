@@ -54,6 +54,14 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def status(text: str):
+    """A spinner on a terminal, nothing elsewhere: a transient rich display that stops on a
+    non-terminal prints a blank line, which would come before a one-line error."""
+    from contextlib import nullcontext
+
+    return console.status(escape(text)) if console.is_terminal else nullcontext()
+
+
 def warning(message: str) -> None:
     console.print(f"[yellow]{escape(message)}[/]", highlight=False, soft_wrap=True)
 
@@ -110,7 +118,7 @@ def export(source: str, out: Path | None, config: str | None, overwrite: bool) -
 
         if same_folder:  # in place: only adds files (the manifest last), so an interrupted adoption can be rerun
             check_writable_folder(path, "SOURCE")
-            with console.status(f"adopting {path}"):
+            with status(f"adopting {path}"):
                 adopt_optimum_folder(path)
                 for added in (manifest.TEXT_ENCODER_EMBEDS, manifest.TOKEN_EMBEDDINGS):
                     (path / added).chmod(0o644)  # readable by the folder's other users, like the rest of it
@@ -118,7 +126,7 @@ def export(source: str, out: Path | None, config: str | None, overwrite: bool) -
             target = path
         else:
             check_export_out(out, source, overwrite)
-            with console.status(f"adopting {path} into {out}"), staged_folder(out) as tmp:
+            with status(f"adopting {path} into {out}"), staged_folder(out) as tmp:
                 shutil.copytree(path, tmp, dirs_exist_ok=True)
                 adopt_optimum_folder(tmp)
                 manifest.write_manifest(tmp, source, {"adopted": "optimum"})
@@ -134,10 +142,10 @@ def export(source: str, out: Path | None, config: str | None, overwrite: bool) -
     except ImportError as error:
         raise UserError(f"export needs the torch extra ({error.name} is missing): pip install torch==2.13.0 'edgeinv[torch]'") from None
 
-    with console.status(f"loading {source}"):
+    with status(f"loading {source}"):
         pipeline = load_pipeline(source, config)
     start = time.time()
-    with console.status(f"exporting to {out}"), staged_folder(out) as tmp:
+    with status(f"exporting to {out}"), staged_folder(out) as tmp:
         seconds = export_pipeline(pipeline, tmp, source)
     detail = ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items())
     console.print(f"[green]exported[/] {escape(str(out))} in {time.time() - start:.1f}s ({detail})", highlight=False)
@@ -249,7 +257,7 @@ def generate(prompt, model, embeddings, tokens, negative, steps, guidance, sched
             warning(f"warning: {path} adds {token!r}, which PROMPT does not use")
     from rich.progress import Progress
 
-    with Progress(console=console, transient=True) as bar:
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("sampling", total=steps)
         images = run(sd, prompt, negative_prompt=negative, steps=steps, guidance=guidance, scheduler=scheduler, n=count, seed=seed,
                      multi_vector_tokens=multi, progress=lambda i, total: bar.update(task, completed=i))
@@ -393,7 +401,7 @@ def invert(images, method, model, token, init_words, init_candidates, concept_ki
 
         if resume:
             load_gradient_checkpoint(out, config)
-        with console.status(f"loading {model or 'the default model'} in PyTorch"):
+        with status(f"loading {model or 'the default model'} in PyTorch"):
             sd = TorchStableDiffusion(model, device=device)
         check_token(sd.tokenizer, token)
         unit = "step"
@@ -403,7 +411,7 @@ def invert(images, method, model, token, init_words, init_candidates, concept_ki
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     columns = [TextColumn(f"[bold]{method}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-    with Progress(*columns, console=console) as bar:
+    with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
         task = bar.add_task("invert", total=config.budget, stats="encoding images")
 
         def show(record, _config) -> None:
