@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import pickle
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -31,15 +28,18 @@ from pathlib import Path
 import numpy as np
 
 from edgeinv import manifest
-from edgeinv.data import load_images
+from edgeinv.data import images_digest, load_images
 from edgeinv.errors import UserError
+from edgeinv.files import atomic_path
 from edgeinv.objective import LatentCache, Objective, draw_evaluation_set, timestep_range
 from edgeinv.onnx_model import OnnxStableDiffusion
 from edgeinv.optimizers import OPTIMIZERS
 from edgeinv.stopping import Dvar, window_in_steps
 from edgeinv.subspace import make_basis
 
-CHECKPOINT = "checkpoint.pkl"
+CHECKPOINT = "checkpoint.json"  # no pickle: the optimiser is rebuilt by replaying the recorded generations
+OLD_CHECKPOINTS = ("checkpoint.pkl",)  # older edgeinv pickled the optimiser; never unpickled
+MAX_TOKEN_LENGTH = 100  # characters; the token names a file (<token>.safetensors)
 
 
 @dataclass(frozen=True)
@@ -100,17 +100,21 @@ class InvertConfig:
     prior_weight: float = 1.0
     mixed_precision: str = "no"
     checkpoint_every: int = 25
+    images_sha256: str | None = None  # the pictures' names and bytes (None: computed by `resolved`)
 
     def resolved(self) -> "InvertConfig":
-        """This config with every None the method's default."""
+        """This config with every None the method's default, and the pictures hashed."""
         if self.method not in METHOD_DEFAULTS:
             raise UserError(f"--method {self.method}: unknown; choose one of {', '.join(METHOD_DEFAULTS)}")
         defaults = asdict(METHOD_DEFAULTS[self.method])
+        if self.images_sha256 is None:
+            defaults["images_sha256"] = images_digest(self.images)  # also refuses a missing or non-folder path
         return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
 
     def fingerprint(self) -> str:
-        """What must match for `--resume` to continue the same run."""
-        keys = {k: v for k, v in asdict(self).items() if k not in ("budget", "device", "threads", "chunk_size", "checkpoint_every")}
+        """What must match for `--resume` to continue the same run: the settings and the pictures' bytes."""
+        excluded = ("images", "budget", "device", "threads", "chunk_size", "checkpoint_every")
+        keys = {k: v for k, v in asdict(self).items() if k not in excluded}
         return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -186,35 +190,80 @@ def visual_init(objective: Objective, model: OnnxStableDiffusion, frozen, count:
 
 
 def write_atomically(path: Path, write: Callable) -> None:
-    """`write(file)` into a temporary file beside `path`, synced, then renamed over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
+    """`write(file)` into a temporary file beside `path`, synced, then renamed over it; the
+    temporary file is removed on any failure (disk full, Ctrl-C)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_checkpoint(path: Path, config: InvertConfig, read: Callable) -> dict:
     """`read(file)` a checkpoint; one-line errors when it is missing, damaged or from other settings."""
     if not path.is_file():
+        old = [path.parent / name for name in OLD_CHECKPOINTS if (path.parent / name).is_file()]
+        if old:
+            raise UserError(f"{old[0]}: a pickled checkpoint from an older edgeinv, which is never loaded (it could run code); start again with --overwrite")
         raise UserError(f"{path}: no checkpoint to resume; start a new run without --resume")
     try:
         with open(path, "rb") as f:
             state = read(f)
     except Exception:  # a damaged file raises anything
         raise UserError(f"{path}: unreadable checkpoint; delete it and start again without --resume") from None
+    if not isinstance(state, dict) or "fingerprint" not in state:
+        raise UserError(f"{path}: not an edgeinv checkpoint; delete it and start again without --resume")
     if state.get("fingerprint") != config.fingerprint():
-        raise UserError(f"{path}: made with other settings (method, images, token, seed, dim, ...); resume with the same options or use a new --out")
+        raise UserError(f"{path}: made with other settings or other pictures (method, images, token, seed, dim, ...); resume with the same options and pictures, or use a new --out")
     return state
 
 
+def points_digest(points: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(points, dtype=np.float64).tobytes()).hexdigest()[:16]
+
+
 def save_checkpoint(out_dir: Path, state: dict) -> None:
-    write_atomically(out_dir / CHECKPOINT, lambda f: pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL))
+    """JSON, no pickle: the settings' fingerprint, each generation's told losses (and a hash of
+    the points asked), DVAR's state and the history. Floats round-trip exactly through JSON."""
+    write_atomically(out_dir / CHECKPOINT, lambda f: f.write(json.dumps(state).encode()))
 
 
 def load_checkpoint(out_dir: Path, config: InvertConfig) -> dict:
-    return read_checkpoint(out_dir / CHECKPOINT, config, pickle.load)
+    state = read_checkpoint(out_dir / CHECKPOINT, config, json.load)
+    required = {"generation": int, "told": list, "asked": list, "dvar": dict, "history": list, "unet_evaluations": int, "seconds": float}
+    if any(not isinstance(state.get(k), t) for k, t in required.items()) or not (len(state["told"]) == len(state["asked"]) == state["generation"]):
+        raise UserError(f"{out_dir / CHECKPOINT}: damaged checkpoint (missing or inconsistent fields); delete it and start again without --resume")
+    return state
+
+
+def replay(optimizer, state: dict, path: Path) -> dict[int, np.ndarray]:
+    """Bring a freshly seeded ask/tell optimiser to the checkpoint's generation by asking and
+    re-telling the recorded losses; returns its mean after each generation."""
+    means = {}
+    for generation, (digest, losses) in enumerate(zip(state["asked"], state["told"])):
+        points = optimizer.ask()
+        if points_digest(points) != digest or len(losses) != len(points):
+            raise UserError(f"{path}: generation {generation} does not replay (another edgeinv or pycma version?); start again with --overwrite")
+        optimizer.tell(points, np.asarray(losses, dtype=np.float64))
+        means[generation] = optimizer.mean.copy()
+    return means
+
+
+def check_token(tokenizer, token: str) -> None:
+    """Refuse a token that cannot be learned or saved, before any work."""
+    check_token_text(token)
+    if tokenizer.token_id(token) is not None or tokenizer.in_vocabulary(token):
+        raise UserError(f"--token {token!r} is already a word of the vocabulary; pick another, e.g. '<{token.strip('<>|')}-v1>'")
+
+
+def check_token_text(token: str) -> None:
+    if not token.strip():
+        raise UserError("--token is empty; give the new word to learn, e.g. --token '<my-cat>'")
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise UserError(f"--token is {len(token)} characters long; use at most {MAX_TOKEN_LENGTH}, e.g. --token '<my-cat>'")
+
+
+def check_dim(config: InvertConfig, model) -> None:
+    limit = min(model.hidden_size, model.vocab_size)
+    if config.method == "cma-es" and config.dim > limit:
+        raise UserError(f"--dim {config.dim}: this model's token space has only {limit} directions; use --dim {limit} or less (default 32)")
 
 
 # ---------------------------------------------------------------- the loop
@@ -232,7 +281,11 @@ def invert(
     config = config.resolved()
     if config.method != "cma-es":
         raise UserError(f"--method {config.method} is a gradient method: edgeinv.gradient.train runs it (needs the torch extra)")
+    check_token_text(config.token)
+    saved = load_checkpoint(out_dir, config) if resume else None  # the pictures and settings must match: check before any work
     model = model or OnnxStableDiffusion(config.model, device=config.device, threads=config.threads)
+    check_token(model.tokenizer, config.token)
+    check_dim(config, model)
     image_set = load_images(config.images, model.image_size, warn=warn)
     token_ids = [model.tokenizer.add_token(config.token)]
     objective = Objective(model, token_ids, config.token, config.property, chunk_size=config.chunk_size)
@@ -262,14 +315,14 @@ def invert(
 
     optimizer = OPTIMIZERS[config.optimizer](np.zeros(basis.shape[0]), config.sigma0, config.popsize, config.seed)
     window = window_in_steps(config.dvar_window, optimizer.popsize * config.samples)
-    state = {"fingerprint": config.fingerprint(), "generation": 0, "optimizer": optimizer, "dvar": Dvar(window, config.dvar_threshold).state(),
-             "history": [], "means": {}, "unet_evaluations": 0, "seconds": 0.0}
-    if resume:
-        state = load_checkpoint(out_dir, config)
-        optimizer = state["optimizer"]
+    state = {"format": "edgeinv-checkpoint-1", "fingerprint": config.fingerprint(), "optimizer": config.optimizer, "generation": 0,
+             "told": [], "asked": [], "dvar": Dvar(window, config.dvar_threshold).state(), "history": [], "unet_evaluations": 0, "seconds": 0.0}
+    means: dict[int, np.ndarray] = {}  # generation -> optimiser mean, kept for the final choice
+    if saved is not None:
+        state = saved
+        means = replay(optimizer, state, out_dir / CHECKPOINT)
     dvar = Dvar.from_state(state["dvar"])
     history = [Generation(**g) for g in state["history"]]
-    means: dict[int, np.ndarray] = state["means"]  # generation -> optimiser mean, kept for the final choice
     objective.unet_rows = state["unet_evaluations"]
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -289,6 +342,8 @@ def invert(
             raise UserError(f"every candidate's loss is NaN/inf at generation {generation}; the model in {model.folder} gives non-finite outputs (re-export it in fp32)")
         losses = np.where(np.isfinite(losses), losses, np.nanmax(np.where(np.isfinite(losses), losses, np.nan)) * 10)
         optimizer.tell(points, losses)
+        state["asked"].append(points_digest(points))
+        state["told"].append([float(v) for v in losses])
         deterministic = float(objective.losses(vectors(optimizer.mean[None]), frozen)[0])
         stop = dvar.update(deterministic)
         means[generation] = optimizer.mean.copy()
@@ -296,8 +351,8 @@ def invert(
                             objective.unet_rows, time.time() - run_start)
         history.append(record)
         generation += 1
-        state.update(generation=generation, optimizer=optimizer, dvar=dvar.state(), history=[asdict(g) for g in history], means=means,
-                     unet_evaluations=objective.unet_rows, seconds=record.seconds)
+        state.update(generation=generation, dvar=dvar.state(), history=[asdict(g) for g in history],
+                     unet_evaluations=objective.unet_rows, seconds=float(record.seconds))
         if out_dir is not None:
             save_checkpoint(out_dir, state)
             append_history(out_dir, record)
@@ -325,12 +380,9 @@ def invert(
 
 
 def write_history(out_dir: Path, history: list[Generation]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".history.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    with atomic_path(out_dir / "history.jsonl") as tmp, open(tmp, "w") as f:
         for record in history:
             f.write(json.dumps(asdict(record)) + "\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out_dir / "history.jsonl")
 
 
 def append_history(out_dir: Path, record: Generation) -> None:

@@ -26,7 +26,11 @@ class CmaEs:
     """CMA-ES from pycma (ask/tell), the whole population evaluated by the caller in one batch."""
 
     def __init__(self, start: np.ndarray, sigma0: float, popsize: int | None, seed: int):
-        import cma
+        import warnings
+
+        with warnings.catch_warnings():  # pycma warns that matplotlib (its plots, unused here) is missing
+            warnings.filterwarnings("ignore", message="Could not import matplotlib")
+            import cma
 
         options = {"seed": np.nan, "randn": SeededNormal(seed), "verbose": -9, "CMA_diagonal": False}
         if popsize:

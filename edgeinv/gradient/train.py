@@ -186,11 +186,17 @@ def _save_atomically(out_dir: Path, name: str, write: Callable[[str], None]) -> 
 
 
 def save_checkpoint(out_dir: Path, state: dict) -> None:
+    """Tensors, numbers, strings, lists and dicts only, so it loads with `weights_only=True`."""
     write_atomically(out_dir / CHECKPOINT, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(out_dir: Path, config: InvertConfig) -> dict:
-    return read_checkpoint(out_dir / CHECKPOINT, config, lambda f: torch.load(f, map_location="cpu", weights_only=False))
+    """Never unpickles code: torch's weights-only loader refuses anything but tensors and plain data."""
+    state = read_checkpoint(out_dir / CHECKPOINT, config, lambda f: torch.load(f, map_location="cpu", weights_only=True))
+    required = ("step", "optimizer", "trainables", "dvar", "history", "snapshots", "unet_evaluations", "seconds")
+    if any(k not in state for k in required) or not isinstance(state["snapshots"], dict):
+        raise UserError(f"{out_dir / CHECKPOINT}: damaged checkpoint (missing fields); delete it and start again without --resume")
+    return state
 
 
 # ---------------------------------------------------------------- the loop
@@ -226,6 +232,7 @@ def train(
     if config.method not in METHODS:
         raise UserError(f"--method {config.method}: not a gradient method ({', '.join(METHODS)})")
     torch.manual_seed(config.seed)
+    saved = load_checkpoint(out_dir, config) if resume else None  # settings and pictures must match: check before any work
     model = model or TorchStableDiffusion(config.model, device=config.device)
     precision = autocast(config, model.device)  # refuses fp16 without CUDA before any work
     image_set = load_images(config.images, model.image_size, warn=warn)
@@ -266,8 +273,8 @@ def train(
     history: list[Step] = []
     snapshots: dict[int, np.ndarray] = {}  # step -> token vector (textual inversion's final choice)
     step, unet_rows, seconds_before = 0, 0, 0.0
-    if resume:
-        state = load_checkpoint(out_dir, config)
+    if saved is not None:
+        state = saved
         with torch.no_grad():
             for name, tensor in method.trainables().items():
                 tensor.copy_(state["trainables"][name])
@@ -276,7 +283,8 @@ def train(
             scaler.load_state_dict(state["scaler"])
         dvar = Dvar.from_state(state["dvar"])
         history = [Step(**s) for s in state["history"]]
-        snapshots, step, unet_rows, seconds_before = state["snapshots"], state["step"], state["unet_evaluations"], state["seconds"]
+        snapshots = {int(s): t.numpy() for s, t in state["snapshots"].items()}
+        step, unet_rows, seconds_before = int(state["step"]), int(state["unet_evaluations"]), float(state["seconds"])
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_history(out_dir, history)
@@ -286,7 +294,7 @@ def train(
             save_checkpoint(out_dir, {
                 "fingerprint": config.fingerprint(), "step": step, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "trainables": {n: t.detach().cpu().clone() for n, t in method.trainables().items()}, "dvar": dvar.state(),
-                "history": [asdict(s) for s in history], "snapshots": snapshots, "unet_evaluations": unet_rows, "seconds": history[-1].seconds if history else 0.0,
+                "history": [asdict(s) for s in history], "snapshots": {s: torch.from_numpy(v) for s, v in snapshots.items()}, "unet_evaluations": unet_rows, "seconds": history[-1].seconds if history else 0.0,
             })
 
     stopped_by = "budget"
