@@ -153,7 +153,7 @@ METHOD_HELP = ("cma-es: forward passes only on ONNX Runtime (no torch; --optimiz
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--budget", default=None, type=click.IntRange(1), help="maximum generations (cma-es) or steps [default: the method's, see README]")
 @click.option("--popsize", default=None, type=click.IntRange(2), help="cma-es: candidates per generation [default: 4 + 3 ln dim]")
-@click.option("--probes", default=None, type=click.IntRange(1), help="zo-sgd: probe directions per step [default: 2]")
+@click.option("--probes", default=None, type=click.IntRange(1), help="zo-sgd: probe directions per step [default: 4]")
 @click.option("--mu", default=None, type=click.FloatRange(min=0.0, min_open=True), help="zo-sgd: probe length in vocabulary spreads [default: 0.1]")
 @click.option("--dim", default=32, show_default=True, type=click.IntRange(1), help="forward-only: search subspace dimension (per vector)")
 @click.option("--subspace", default="pca", show_default=True, type=click.Choice(["pca", "random", "none"]), help="forward-only: search subspace (none: the whole embedding)")

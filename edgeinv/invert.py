@@ -69,7 +69,7 @@ METHOD_DEFAULTS = {
 # The forward-only method's defaults per --optimizer (cma-es: METHOD_DEFAULTS["cma-es"]).
 # zo-sgd: measured in benchmarks/results/zo_sgd.md; the DVAR window is cma-es's, in the same unit.
 OPTIMIZER_DEFAULTS = {
-    "zo-sgd": MethodDefaults(budget=1000, dvar_window=4000, dvar_threshold=0.15, lr=0.02, probes=2, mu=0.1),
+    "zo-sgd": MethodDefaults(budget=500, dvar_window=4000, dvar_threshold=0.15, lr=1.0, probes=4, mu=0.1),
 }
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 from edgeinv.errors import UserError
-from edgeinv.invert import InvertConfig, invert
+from edgeinv.invert import OPTIMIZER_DEFAULTS, InvertConfig, invert
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "orange-star"
 FAST = dict(images=str(EXAMPLE), optimizer="zo-sgd", budget=6, dim=4, samples=2, heldout=4, init=["red"], dvar_window=40, lr=0.2)
@@ -40,7 +40,7 @@ def test_zo_sgd_population_is_the_point_and_its_probes(tmp_path):
     result = invert(InvertConfig(**{**FAST, "probes": 3, "budget": 2, "dvar_batch": 4}), tmp_path / "run", warn=lambda m: None)
     # (1 point + 3 probes) x 2 samples, plus the 4-sample deterministic loss, per step
     assert [g.unet_evaluations for g in result.history] == [12, 24]
-    assert result.history[0].sigma == pytest.approx(0.1)  # the default probe length
+    assert result.history[0].sigma == pytest.approx(OPTIMIZER_DEFAULTS["zo-sgd"].mu)  # the default probe length
 
 
 @pytest.mark.parametrize("subspace", ["pca", "random", "none"])
@@ -69,7 +69,8 @@ def test_zo_sgd_cli_end_to_end(tmp_path):
     for name in ("learned_embeds.safetensors", "zo-star.safetensors", "config.json", "history.jsonl", "loss.png", "samples.png"):
         assert (out / name).is_file(), name
     settings = json.loads((out / "config.json").read_text())["settings"]
-    assert settings["optimizer"] == "zo-sgd" and settings["probes"] == 2 and settings["mu"] == 0.1 and settings["lr"] == 0.2
+    defaults = OPTIMIZER_DEFAULTS["zo-sgd"]
+    assert settings["optimizer"] == "zo-sgd" and (settings["probes"], settings["mu"]) == (defaults.probes, defaults.mu) and settings["lr"] == 0.2
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert [h["generation"] for h in history] == list(range(8))
     assert Image.open(out / "loss.png").size == (640, 360)
@@ -82,7 +83,7 @@ def test_zo_sgd_is_refused_for_the_gradient_methods():
 
 
 def test_each_optimizer_gets_its_own_defaults_and_options_win():
-    from edgeinv.invert import METHOD_DEFAULTS, OPTIMIZER_DEFAULTS
+    from edgeinv.invert import METHOD_DEFAULTS
 
     cma, zo = InvertConfig(images="x").resolved(), InvertConfig(images="x", optimizer="zo-sgd").resolved()
     assert cma.budget == METHOD_DEFAULTS["cma-es"].budget and cma.probes is None and cma.lr is None
