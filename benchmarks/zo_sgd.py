@@ -1,6 +1,6 @@
 """Zeroth-order SGD (`--optimizer zo-sgd`) against CMA-ES on planted concepts; its defaults.
 
-    python benchmarks/zo_sgd.py [--concepts 2] [--budget 300] [--settings 2,0.1,0.05 8,0.1,0.2 ...] [--dvar]
+    python benchmarks/zo_sgd.py [--concepts 2] [--first 0] [--budget 300] [--settings 2,0.1,0.05 4,0.1,1.0 ...] [--skip-cma] [--dvar]
 
 The planted concepts, start word and R of benchmarks/planted_concepts.py. For each concept:
 1. CMA-ES with its defaults (DVAR on): R, generations, UNet sample-evaluations, wall.
@@ -46,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
     parser.add_argument("--concepts", type=int, default=2)
+    parser.add_argument("--first", type=int, default=0, help="start at this concept (index into planted_concepts.BLENDS)")
     parser.add_argument("--budget", type=int, default=300, help="zo-sgd steps of the DVAR-off runs")
     parser.add_argument("--every", type=int, default=50)
     parser.add_argument("--settings", nargs="*", default=["2,0.1,0.05", "2,0.1,0.2"], help="probes,mu,lr")
@@ -54,7 +55,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/edgeinv-planted")
     args = parser.parse_args()
 
-    for index, (a, b) in enumerate(BLENDS[: args.concepts]):
+    for index, (a, b) in list(enumerate(BLENDS[: args.concepts]))[args.first :]:
         model = OnnxStableDiffusion(args.model)
         planted = 0.5 * (word(model, a) + word(model, b))
         start = word(model, START_WORD)
