@@ -301,15 +301,18 @@ def output_paths(out: Path, count: int) -> tuple[list[Path], Path | None]:
     return [], out
 
 
-METHOD_HELP = ("cma-es: forward passes only on ONNX Runtime (no torch). ti, dreambooth (LoRA), custom-diffusion: "
-               "the gradient methods in PyTorch (torch extra; --model is then a diffusers folder, .safetensors file or hub id)")
+METHOD_HELP = ("cma-es: forward passes only on ONNX Runtime (no torch; --optimizer picks CMA-ES or zeroth-order SGD). ti, dreambooth (LoRA), "
+               "custom-diffusion: the gradient methods in PyTorch (torch extra; --model is then a diffusers folder, .safetensors file or hub id)")
 
 
 @main.command()
 @click.argument("images", type=click.Path(path_type=Path))
 @click.option("--method", default="cma-es", show_default=True, type=click.Choice(["cma-es", "ti", "dreambooth", "custom-diffusion"]), help=METHOD_HELP)
 @click.option("--model", help=MODEL_HELP + "; for the gradient methods the shipped model's diffusers folder")
+@click.option("--optimizer", default="cma-es", show_default=True, type=click.Choice(["cma-es", "zo-sgd"]),
+              help="forward-only method: CMA-ES, or zeroth-order SGD (ZOODiP's random-gradient estimator, Adam, history subspace)")
 @click.option("--token", default="<concept>", show_default=True, help="the new word to learn; use it in prompts afterwards")
+@click.option("--vectors", default=1, show_default=True, type=click.IntRange(1, 75), help="vectors per token (AUTOMATIC1111's 'vectors per token')")
 @click.option("--init", "init_words", multiple=True, help="start from these words' vectors (repeatable); default: the closest vocabulary word by loss on your images")
 @click.option("--init-candidates", default=1000, show_default=True, type=click.IntRange(1), help="vocabulary words ranked by the visual initialisation")
 @click.option("--property", "concept_kind", default="object", show_default=True, type=click.Choice(["object", "style"]), help="caption templates")
@@ -319,9 +322,11 @@ METHOD_HELP = ("cma-es: forward passes only on ONNX Runtime (no torch). ti, drea
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--budget", default=None, type=click.IntRange(1), help="maximum generations (cma-es) or steps [default: the method's, see README]")
 @click.option("--popsize", default=None, type=click.IntRange(2), help="cma-es: candidates per generation [default: 4 + 3 ln dim]")
-@click.option("--dim", default=32, show_default=True, type=click.IntRange(1), help="cma-es: search subspace dimension")
-@click.option("--subspace", default="pca", show_default=True, type=click.Choice(["pca", "random"]), help="cma-es: search subspace")
-@click.option("--samples", default=8, show_default=True, type=click.IntRange(1), help="cma-es: evaluation samples per generation (shared by all candidates)")
+@click.option("--probes", default=None, type=click.IntRange(1), help="zo-sgd: probe directions per step [default: 4]")
+@click.option("--mu", default=None, type=click.FloatRange(min=0.0, min_open=True), help="zo-sgd: probe length in vocabulary spreads [default: 0.1]")
+@click.option("--dim", default=32, show_default=True, type=click.IntRange(1), help="forward-only: search subspace dimension (per vector)")
+@click.option("--subspace", default="pca", show_default=True, type=click.Choice(["pca", "random", "none"]), help="forward-only: search subspace (none: the whole embedding)")
+@click.option("--samples", default=8, show_default=True, type=click.IntRange(1), help="forward-only: evaluation samples per generation or step (shared by all candidates)")
 @click.option("--heldout", default=32, show_default=True, type=click.IntRange(1), help="held-out samples that choose the final vector")
 @click.option("--dvar-window", default=None, type=click.IntRange(1), help="DVAR window in UNet sample-evaluations [default: the method's]")
 @click.option("--dvar-threshold", default=None, type=float, help="stop when var(window)/var(history) falls below this [default: the method's]")
@@ -330,7 +335,7 @@ METHOD_HELP = ("cma-es: forward passes only on ONNX Runtime (no torch). ti, drea
 @click.option("--chunk-size", default=64, show_default=True, type=click.IntRange(1), help="UNet rows per call (bounds memory)")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--threads", default=None, type=click.IntRange(1), help="ONNX Runtime threads [default: all cores]")
-@click.option("--lr", default=None, type=float, help="gradient methods: the token's learning rate [default: the method's]")
+@click.option("--lr", default=None, type=float, help="gradient methods: the token's learning rate; zo-sgd: Adam's, in vocabulary spreads [default: the method's]")
 @click.option("--weights-lr", default=None, type=float, help="dreambooth / custom-diffusion: learning rate of the UNet weights")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1), help="gradient methods: samples per step")
 @click.option("--rank", default=4, show_default=True, type=click.IntRange(1), help="dreambooth: LoRA rank")
@@ -339,8 +344,9 @@ METHOD_HELP = ("cma-es: forward passes only on ONNX Runtime (no torch). ti, drea
 @click.option("--mixed-precision", default="no", show_default=True, type=click.Choice(["no", "bf16", "fp16"]), help="gradient methods (fp16 needs CUDA)")
 @click.option("--checkpoint-every", default=25, show_default=True, type=click.IntRange(1), help="gradient methods: steps between checkpoints")
 @click.option("--no-samples", is_flag=True, help="skip drawing samples.png")
-def invert(images, method, model, token, init_words, init_candidates, concept_kind, out, resume, overwrite, seed, budget, popsize, dim, subspace, samples,
-           heldout, dvar_window, dvar_threshold, timesteps, flip, chunk_size, device, threads, lr, weights_lr, batch_size, rank, class_word,
+def invert(images, method, optimizer, model, token, vectors, init_words, init_candidates, concept_kind, out, resume, overwrite, seed, budget, popsize,
+           probes, mu, dim, subspace, samples, heldout, dvar_window, dvar_threshold, timesteps, flip, chunk_size, device, threads, lr, weights_lr,
+           batch_size, rank, class_word,
            prior_images, mixed_precision, checkpoint_every, no_samples) -> None:
     """Learn TOKEN from the pictures in IMAGES (default method: forward passes only, no torch).
 
@@ -349,7 +355,7 @@ def invert(images, method, model, token, init_words, init_candidates, concept_ki
     pytorch_lora_weights.safetensors (dreambooth) or pytorch_custom_diffusion_weights.safetensors
     (custom-diffusion). Ctrl-C keeps the last checkpoint; --resume continues it exactly.
     """
-    from edgeinv.embedding_files import file_stem, save_embedding
+    from edgeinv.embedding_files import file_stem, save_embedding, token_names
     from edgeinv.files import check_writable_folder
     from edgeinv.invert import CHECKPOINT, OLD_CHECKPOINTS, InvertConfig, check_dim, check_token, check_token_text, load_checkpoint
     from edgeinv.report import plot_loss, write_config, write_samples
@@ -373,8 +379,9 @@ def invert(images, method, model, token, init_words, init_candidates, concept_ki
         raise UserError(f"{out}: no checkpoint to resume ({', '.join(checkpoints)}); start a new run without --resume")
     if not (0.0 <= timesteps[0] < timesteps[1] <= 1.0):
         raise UserError(f"--timesteps {timesteps[0]} {timesteps[1]}: give 0 <= low < high <= 1")
-    config = InvertConfig(images=str(images), model=model, method=method, token=token, init=list(init_words), init_candidates=init_candidates,
-                          property=concept_kind, seed=seed, budget=budget, popsize=popsize, dim=dim, subspace=subspace, samples=samples, heldout=heldout,
+    config = InvertConfig(images=str(images), model=model, method=method, optimizer=optimizer, token=token, vectors=vectors, init=list(init_words),
+                          init_candidates=init_candidates, property=concept_kind, seed=seed, budget=budget, popsize=popsize, probes=probes, mu=mu,
+                          dim=dim, subspace=subspace, samples=samples, heldout=heldout,
                           dvar_window=dvar_window, dvar_threshold=dvar_threshold, timesteps=tuple(timesteps), flip=flip, chunk_size=chunk_size,
                           device=device, threads=threads, lr=lr, weights_lr=weights_lr, batch_size=batch_size, rank=rank, class_word=class_word,
                           prior_images=prior_images, mixed_precision=mixed_precision, checkpoint_every=checkpoint_every).resolved()  # hashes the pictures
@@ -391,7 +398,7 @@ def invert(images, method, model, token, init_words, init_candidates, concept_ki
         sd = OnnxStableDiffusion(model, device=device, threads=threads)
         check_token(sd.tokenizer, token)
         check_dim(config, sd)
-        unit = "generation"
+        unit = "generation" if optimizer == "cma-es" else "step"
     else:
         try:
             from edgeinv.gradient.train import load_checkpoint as load_gradient_checkpoint, train as run
@@ -410,7 +417,7 @@ def invert(images, method, model, token, init_words, init_candidates, concept_ki
             (out / name).unlink(missing_ok=True)  # a fresh run must not be resumable as the old one
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    columns = [TextColumn(f"[bold]{method}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    columns = [TextColumn(f"[bold]{optimizer if method == 'cma-es' else method}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
         task = bar.add_task("invert", total=config.budget, stats="encoding images")
 
@@ -438,12 +445,15 @@ def invert(images, method, model, token, init_words, init_candidates, concept_ki
               f"deterministic loss per {unit} ({result.stopped_by} stop at {unit} {result.stop_generation})", x_label=unit)
     write_config(out, config, result)
     if not no_samples:
-        sd.learned[sd.tokenizer.token_id(token)] = result.vector[0]
-        write_samples(out / "samples.png", sd, token, concept_kind, seed)
+        for name, vector in zip(token_names(token, len(result.vector)), result.vector):
+            sd.learned[sd.tokenizer.token_id(name)] = vector
+        write_samples(out / "samples.png", sd, token, concept_kind, seed, multi_vector_tokens={token: len(result.vector)})
     console.print(f"[green]learned[/] {token} in {result.total_seconds:.0f}s: stopped by {result.stopped_by} at {unit} {result.stop_generation}, "
                   f"held-out loss {result.heldout_loss:.4f} (start {result.init_loss:.4f})")
     console.print(f"  {paths['diffusers']}  (diffusers: pipe.load_textual_inversion)")
     console.print(f"  {paths['a1111']}  (AUTOMATIC1111 / ComfyUI / InvokeAI: embeddings folder)")
+    if len(result.vector) > 1:
+        console.print(f"  ({len(result.vector)} vectors: InvokeAI needs {paths['a1111'].name}; its installer misreads a multi-vector {paths['diffusers'].name})")
     if "lora" in paths:
         console.print(f"  {paths['lora']}  (diffusers: pipe.load_lora_weights; with the token file above)")
     if "custom_diffusion" in paths:

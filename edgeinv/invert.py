@@ -1,19 +1,21 @@
-"""Forward-only textual inversion: CMA-ES in a subspace of the token-embedding space.
+"""Forward-only textual inversion: CMA-ES (or zeroth-order SGD) in a subspace of the token-embedding space.
 
 The loop, top to bottom (`invert`):
 
-    images -> VAE latents (once) -> initial vector e0 -> subspace basis
-    each generation:
+    images -> VAE latents (once) -> initial vectors e0 [N, hidden] -> subspace basis
+    each generation (a step, for zo-sgd):
         draw one evaluation set (common random numbers for the whole population)
-        ask the optimiser for a population z_1..z_k;   e_i = e0 + z_i @ basis
+        ask the optimiser for a population z_1..z_k;   e_i = e0 + z_i @ basis (each of the
+        token's N vectors has its own d coordinates: z_i is N*d long)
         score all e_i in batched ONNX Runtime calls  -> tell the optimiser
         deterministic loss of the optimiser's mean on the frozen DVAR set -> stop?
-        checkpoint (atomic)
+        checkpoint (atomic JSON: the losses told so far)
     choose, by a held-out loss, among the best means and the final mean
     write embedding files, config, history, loss plot, samples
 
-Everything random derives from `seed` and the generation number, so `--resume` after an
-interruption reproduces the uninterrupted run exactly.
+Everything random derives from `seed` and the generation number, and an optimiser's state is a
+function of its seed and the losses it was told, so `--resume` rebuilds it by replaying ask/tell
+with the recorded losses (`replay`) and reproduces the uninterrupted run exactly.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 
 from edgeinv import manifest
 from edgeinv.data import images_digest, load_images
+from edgeinv.embedding_files import token_names
 from edgeinv.errors import UserError
 from edgeinv.files import atomic_path
 from edgeinv.objective import LatentCache, Objective, draw_evaluation_set, timestep_range
@@ -44,11 +47,13 @@ MAX_TOKEN_LENGTH = 100  # characters; the token names a file (<token>.safetensor
 
 @dataclass(frozen=True)
 class MethodDefaults:
-    budget: int  # generations (cma-es) or optimiser steps (gradient methods)
+    budget: int  # generations (cma-es) or optimiser steps (zo-sgd, gradient methods)
     dvar_window: int  # in UNet sample-evaluations, see edgeinv/stopping.py
     dvar_threshold: float
-    lr: float | None = None  # the token's learning rate (gradient methods)
+    lr: float | None = None  # the token's learning rate (gradient methods; zo-sgd: Adam's, in basis units)
     weights_lr: float | None = None  # LoRA / K,V projections
+    probes: int | None = None  # zo-sgd: probe directions per step
+    mu: float | None = None  # zo-sgd: probe length, in basis units (vocabulary spreads)
 
 
 # cma-es: window and threshold as measured in benchmarks/planted_concepts.py. The gradient methods start
@@ -61,6 +66,11 @@ METHOD_DEFAULTS = {
     "dreambooth": MethodDefaults(budget=1000, dvar_window=440 * 4, dvar_threshold=0.4, lr=5e-3, weights_lr=5e-4),
     # custom-diffusion's window: 4 samples + 4 prior samples a step
     "custom-diffusion": MethodDefaults(budget=500, dvar_window=180 * 8, dvar_threshold=0.15, lr=5e-3, weights_lr=1e-4),
+}
+# The forward-only method's defaults per --optimizer (cma-es: METHOD_DEFAULTS["cma-es"]).
+# zo-sgd: measured in benchmarks/results/zo_sgd.md; the DVAR window is cma-es's, in the same unit.
+OPTIMIZER_DEFAULTS = {
+    "zo-sgd": MethodDefaults(budget=500, dvar_window=4000, dvar_threshold=0.15, lr=1.0, probes=4, mu=0.1),
 }
 
 
@@ -76,8 +86,11 @@ class InvertConfig:
     budget: int | None = None  # None: the method's default (METHOD_DEFAULTS)
     popsize: int | None = None  # None: pycma's 4 + 3 ln d
     dim: int = 32  # benchmarks/subspace_dim.py: best worst-case R on the planted concepts
-    subspace: str = "pca"
-    optimizer: str = "cma-es"
+    subspace: str = "pca"  # or "random", or "none" (the whole embedding, each coordinate scaled by its spread)
+    optimizer: str = "cma-es"  # the forward-only method's optimiser: cma-es or zo-sgd (edgeinv/optimizers.py)
+    vectors: int = 1  # vectors per token (AUTOMATIC1111's "vectors per token")
+    probes: int | None = None  # zo-sgd; None: OPTIMIZER_DEFAULTS
+    mu: float | None = None  # zo-sgd
     sigma0: float = 1.0
     samples: int = 8  # evaluation samples per generation, shared by the population
     dvar_window: int | None = None  # in UNet sample-evaluations, see edgeinv/stopping.py
@@ -106,7 +119,12 @@ class InvertConfig:
         """This config with every None the method's default, and the pictures hashed."""
         if self.method not in METHOD_DEFAULTS:
             raise UserError(f"--method {self.method}: unknown; choose one of {', '.join(METHOD_DEFAULTS)}")
-        defaults = asdict(METHOD_DEFAULTS[self.method])
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"--optimizer {self.optimizer}: unknown; choose one of {', '.join(OPTIMIZERS)}")
+        if self.optimizer != "cma-es" and self.method != "cma-es":
+            raise UserError(f"--optimizer {self.optimizer} is for the forward-only method; --method {self.method} trains with AdamW")
+        forward_only = self.method == "cma-es" and self.optimizer in OPTIMIZER_DEFAULTS
+        defaults = asdict(OPTIMIZER_DEFAULTS[self.optimizer] if forward_only else METHOD_DEFAULTS[self.method])
         if self.images_sha256 is None:
             defaults["images_sha256"] = images_digest(self.images)  # also refuses a missing or non-folder path
         return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
@@ -178,12 +196,25 @@ def word_vector(model: OnnxStableDiffusion, words: list[str]) -> np.ndarray:
 
 
 def visual_init(objective: Objective, model: OnnxStableDiffusion, frozen, count: int, batch: int = 64) -> tuple[np.ndarray, list[tuple[str, float]]]:
-    """Rank vocabulary tokens by the frozen-set loss on the user's images; start from the best."""
+    """Rank vocabulary tokens by the frozen-set loss on the user's images; start from the best.
+    A token of N vectors is ranked with the word in all N places and starts from the N best words [N, hidden]."""
     shortlist = vocabulary_shortlist(model, count)
-    losses = np.concatenate([objective.losses(model.token_table[shortlist[i : i + batch]], frozen) for i in range(0, len(shortlist), batch)])
+    n_vectors = len(objective.token_ids)
+
+    def candidates(ids):
+        return np.repeat(model.token_table[ids][:, None], n_vectors, axis=1)
+
+    losses = np.concatenate([objective.losses(candidates(shortlist[i : i + batch]), frozen) for i in range(0, len(shortlist), batch)])
     order = np.argsort(losses)
     best = [(model.tokenizer.id_to_token(int(shortlist[i]))[:-4], float(losses[i])) for i in order[:5]]
-    return model.token_table[shortlist[order[0]]].copy(), best
+    return model.token_table[shortlist[order[:n_vectors]]].copy(), best
+
+
+def initial_vectors(config: "InvertConfig", objective: Objective, model, frozen) -> tuple[np.ndarray, list[tuple[str, float]]]:
+    """e0 [N, hidden]: N copies of the --init words' mean, or the visual initialisation's N best words."""
+    if config.init:
+        return np.repeat(word_vector(model, config.init)[None], config.vectors, axis=0), []
+    return visual_init(objective, model, frozen, config.init_candidates)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -262,7 +293,7 @@ def check_token_text(token: str) -> None:
 
 def check_dim(config: InvertConfig, model) -> None:
     limit = min(model.hidden_size, model.vocab_size)
-    if config.method == "cma-es" and config.dim > limit:
+    if config.method == "cma-es" and config.subspace != "none" and config.dim > limit:  # --subspace none ignores --dim
         raise UserError(f"--dim {config.dim}: this model's token space has only {limit} directions; use --dim {limit} or less (default 32)")
 
 
@@ -287,7 +318,7 @@ def invert(
     check_token(model.tokenizer, config.token)
     check_dim(config, model)
     image_set = load_images(config.images, model.image_size, warn=warn)
-    token_ids = [model.tokenizer.add_token(config.token)]
+    token_ids = [model.tokenizer.add_token(name) for name in token_names(config.token, config.vectors)]
     objective = Objective(model, token_ids, config.token, config.property, chunk_size=config.chunk_size)
     cache = LatentCache.encode(model, image_set.images)
     model.release(manifest.VAE_ENCODER)  # encoded once; its activations are the largest after the UNet's
@@ -301,19 +332,18 @@ def invert(
     heldout = evaluation_set(2, config.heldout)  # only for the final choice
 
     init_start = time.time()
-    if config.init:
-        e0, ranking = word_vector(model, config.init), []
-    else:
-        e0, ranking = visual_init(objective, model, frozen, config.init_candidates)
+    e0, ranking = initial_vectors(config, objective, model, frozen)
     init_seconds = time.time() - init_start
     if ranking:
         warn(f"visual initialisation ({config.init_candidates} words ranked in {init_seconds:.1f}s): closest {', '.join(f'{w} ({l:.4f})' for w, l in ranking[:3])}")
     basis = make_basis(config.subspace, model.token_table, config.dim, config.seed)
+    search_dim = config.vectors * basis.shape[0]  # each of the token's vectors moves in its own copy of the subspace
 
     def vectors(points: np.ndarray) -> np.ndarray:
-        return (e0[None] + np.asarray(points, dtype=np.float32) @ basis)[:, None, :]
+        points = np.asarray(points, dtype=np.float32).reshape(-1, config.vectors, basis.shape[0])
+        return e0[None] + points @ basis  # [k, N, hidden]
 
-    optimizer = OPTIMIZERS[config.optimizer](np.zeros(basis.shape[0]), config.sigma0, config.popsize, config.seed)
+    optimizer = OPTIMIZERS[config.optimizer].from_config(np.zeros(search_dim), config)
     window = window_in_steps(config.dvar_window, optimizer.popsize * config.samples)
     state = {"format": "edgeinv-checkpoint-1", "fingerprint": config.fingerprint(), "optimizer": config.optimizer, "generation": 0,
              "told": [], "asked": [], "dvar": Dvar(window, config.dvar_threshold).state(), "history": [], "unet_evaluations": 0, "seconds": 0.0}
@@ -366,7 +396,7 @@ def invert(
     # judged on held-out noise and timesteps that neither the search nor DVAR has seen.
     ranked = sorted(means, key=lambda g: history[g].deterministic_loss)[:8]
     contenders = {f"mean@{g}": means[g] for g in sorted(set(ranked) | {max(means)})} if means else {}
-    contenders["init"] = np.zeros(basis.shape[0])
+    contenders["init"] = np.zeros(search_dim)
     names = list(contenders)
     heldout_losses = objective.losses(vectors(np.stack([contenders[n] for n in names])), heldout)
     best = int(np.argmin(heldout_losses))

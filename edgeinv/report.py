@@ -65,10 +65,10 @@ def plot_loss(path: Path, values: list[float], stop: int | None, title: str, siz
         image.save(tmp, format="PNG")
 
 
-def write_samples(path: Path, model, token: str, property: str, seed: int, steps: int = 25) -> None:
+def write_samples(path: Path, model, token: str, property: str, seed: int, steps: int = 25, multi_vector_tokens: dict[str, int] | None = None) -> None:
     images = []
     for i, template in enumerate(SAMPLE_PROMPTS[property]):
-        images.extend(generate(model, template.format(token), steps=steps, n=2, seed=seed + i))
+        images.extend(generate(model, template.format(token), steps=steps, n=2, seed=seed + i, multi_vector_tokens=multi_vector_tokens))
     grid = image_grid(images, columns=4)
     scale = max(1, 256 // images[0].shape[0])
     picture = Image.fromarray(grid)

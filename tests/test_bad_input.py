@@ -199,6 +199,11 @@ CASES = {
     "timesteps-reversed": lambda t, c, r, m: case(["invert", c, "--timesteps", "0.8", "0.2", "--out", t / "run", *FAST], "--timesteps"),
     "popsize-one": lambda t, c, r, m: case(["invert", c, "--popsize", "1", "--out", t / "run"], "--popsize"),
     "method-unknown": lambda t, c, r, m: case(["invert", c, "--method", "sgd"], "--method"),
+    "optimizer-unknown": lambda t, c, r, m: case(["invert", c, "--optimizer", "adam"], "--optimizer"),
+    "optimizer-zo-sgd-with-ti": lambda t, c, r, m: case(["invert", c, "--method", "ti", "--optimizer", "zo-sgd", "--out", t / "run"], "--optimizer zo-sgd"),
+    "vectors-zero": lambda t, c, r, m: case(["invert", c, "--vectors", "0", *FAST], "--vectors"),
+    "mu-zero": lambda t, c, r, m: case(["invert", c, "--optimizer", "zo-sgd", "--mu", "0", *FAST], "--mu"),
+    "probes-zero": lambda t, c, r, m: case(["invert", c, "--optimizer", "zo-sgd", "--probes", "0", *FAST], "--probes"),
     # ---- invert: --out
     "out-existing-file": lambda t, c, r, m: (lambda f: case(["invert", c, "--out", f, *FAST], "existing file", [f]))(picture(t / "keep.png")),
     "out-inside-a-file": lambda t, c, r, m: (lambda f: case(["invert", c, "--out", f / "run", *FAST], "is a file", [f]))(picture(t / "keep.png")),
@@ -220,6 +225,8 @@ CASES = {
     "resume-ti-pickled-code": lambda t, c, r, m: ti_checkpoint(t, c, "code"),
     "resume-other-settings": lambda t, c, r, m: case(["invert", c, "--out", shutil.copytree(r, t / "run"), "--resume", *FAST, "--seed", "7"], "other settings", [t / "run"]),
     "resume-changed-pictures": lambda t, c, r, m: resume_changed_pictures(t, c, r),
+    "resume-other-optimizer": lambda t, c, r, m: case(["invert", c, "--out", shutil.copytree(r, t / "run"), "--resume", *FAST, "--optimizer", "zo-sgd"], "other settings", [t / "run"]),
+    "resume-other-vectors": lambda t, c, r, m: case(["invert", c, "--out", shutil.copytree(r, t / "run"), "--resume", *FAST, "--vectors", "2"], "other settings", [t / "run"]),
     # ---- generate
     "generate-seed-negative": lambda t, c, r, m: case(["generate", "a red circle", "--seed", "-1"], "--seed"),
     "generate-out-txt": lambda t, c, r, m: case(["generate", "a red circle", "--out", t / "x.txt"], "unknown picture extension"),

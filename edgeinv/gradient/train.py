@@ -34,7 +34,8 @@ import torch
 
 from edgeinv.data import load_images
 from edgeinv.errors import UserError
-from edgeinv.invert import InvertConfig, InvertResult, append_history, read_checkpoint, visual_init, word_vector, write_atomically, write_history
+from edgeinv.embedding_files import token_names
+from edgeinv.invert import InvertConfig, InvertResult, append_history, initial_vectors, read_checkpoint, write_atomically, write_history
 from edgeinv.objective import EvaluationSet, LatentCache, Objective, draw_evaluation_set, timestep_range
 from edgeinv.stopping import Dvar, window_in_steps
 from edgeinv.gradient.torch_model import TorchStableDiffusion
@@ -88,7 +89,7 @@ class TextualInversion:
     def __init__(self, model: TorchStableDiffusion, config: InvertConfig, e0: np.ndarray):
         self.model = model
         self.config = config
-        self.token = torch.nn.Parameter(torch.from_numpy(np.asarray(e0, dtype=np.float32).reshape(1, -1).copy()).to(model.device))
+        self.token = torch.nn.Parameter(torch.from_numpy(np.atleast_2d(np.asarray(e0, dtype=np.float32)).copy()).to(model.device))  # [N, hidden]
 
     def parameter_groups(self) -> list[dict]:
         return [{"params": [self.token], "lr": self.config.lr, "weight_decay": 1e-2}]
@@ -236,7 +237,7 @@ def train(
     model = model or TorchStableDiffusion(config.model, device=config.device)
     precision = autocast(config, model.device)  # refuses fp16 without CUDA before any work
     image_set = load_images(config.images, model.image_size, warn=warn)
-    token_ids = [model.tokenizer.add_token(config.token)]
+    token_ids = [model.tokenizer.add_token(name) for name in token_names(config.token, config.vectors)]
     objective = Objective(model, token_ids, config.token, config.property, chunk_size=config.chunk_size)
     cache = LatentCache.encode(model, image_set.images)
     steps = timestep_range(*config.timesteps, int(model.scheduler_config.get("num_train_timesteps", 1000)))
@@ -250,10 +251,8 @@ def train(
     heldout = evaluation_set(cache, 2, config.heldout)
 
     init_start = time.time()
-    if config.init:
-        e0, ranking = word_vector(model, config.init), []
-    else:
-        e0, ranking = visual_init(objective, model, frozen, config.init_candidates)
+    e0, ranking = initial_vectors(config, objective, model, frozen)  # [N, hidden]
+    if ranking:
         warn(f"visual initialisation ({config.init_candidates} words ranked in {time.time() - init_start:.1f}s): closest {', '.join(f'{w} ({l:.4f})' for w, l in ranking[:3])}")
     init_seconds = time.time() - init_start
 
@@ -264,7 +263,7 @@ def train(
         prior_cache = LatentCache.encode(model, prior_pictures(model, class_word, config.prior_images, config.seed))
         prior = (prior_objective, prior_cache)
 
-    init_heldout = float(objective.losses(np.asarray(e0, dtype=np.float32).reshape(1, 1, -1), heldout)[0])  # before any weight moves
+    init_heldout = float(objective.losses(np.asarray(e0, dtype=np.float32)[None], heldout)[0])  # before any weight moves
     method = METHODS[config.method](model, config, e0)
     optimizer = torch.optim.AdamW(method.parameter_groups())
     scaler = torch.amp.GradScaler("cuda") if config.mixed_precision == "fp16" else None
@@ -345,7 +344,7 @@ def train(
     if config.method == "ti":  # choose among the best snapshots by held-out loss, as the forward-only method does
         ranked = sorted(snapshots, key=lambda s: history[s].deterministic_loss)[:8]
         contenders = {f"step@{s}": snapshots[s] for s in sorted(set(ranked) | {max(snapshots)})} if snapshots else {}
-        contenders["init"] = np.asarray(e0, dtype=np.float32).reshape(1, -1)
+        contenders["init"] = np.asarray(e0, dtype=np.float32)
     else:  # the token and the weights learned together: keep the last pair
         contenders = {f"step@{step - 1}": method.token.detach().float().cpu().numpy().copy()}
     names = list(contenders)
