@@ -47,18 +47,25 @@ def main() -> None:
 
 @main.command()
 @click.argument("source")
-@click.option("--out", type=click.Path(path_type=Path), help="output folder (default: SOURCE-onnx; an ONNX SOURCE is adopted in place)")
+@click.option("--out", type=click.Path(path_type=Path), help="output folder (default: SOURCE-onnx, or SOURCE-int8 with --quantize; an ONNX SOURCE is adopted in place)")
 @click.option("--config", help="for single-file checkpoints offline: a diffusers folder (or hub id) of the same architecture")
-def export(source: str, out: Path | None, config: str | None) -> None:
+@click.option("--quantize", type=click.Choice(["int8", "int4"]), default=None,
+              help="weight-only quantisation (MatMul 8/4-bit, Conv int8): about 1/3 of the memory; refused below cosine 0.999 to fp32")
+def export(source: str, out: Path | None, config: str | None, quantize: str | None) -> None:
     """Convert a checkpoint to edgeinv's ONNX folder (optimum's layout + inversion extras).
 
     SOURCE is a diffusers folder, a single .safetensors/.ckpt file, a hub id (needs a
-    network), or an existing optimum ONNX export, which is adopted without torch.
+    network), or an existing ONNX export: an optimum one is adopted, and with --quantize an
+    edgeinv one is quantised, both without torch.
     """
+    import shutil
+    import tempfile
+
     from edgeinv import manifest
 
     path = Path(source)
-    if path.is_dir() and (path / manifest.TEXT_ENCODER_IDS).is_file():
+    onnx_source = path.is_dir() and (path / manifest.TEXT_ENCODER_IDS).is_file()
+    if onnx_source and quantize is None:
         from edgeinv.onnx_surgery import adopt_optimum_folder
 
         target = path if out is None else _copy_folder(path, out)
@@ -68,18 +75,76 @@ def export(source: str, out: Path | None, config: str | None) -> None:
         console.print(f"[green]adopted[/] {target}: added {manifest.TEXT_ENCODER_EMBEDS}, {manifest.TOKEN_EMBEDDINGS}, {manifest.MANIFEST_NAME}")
         return
 
-    from edgeinv_export.load import load_pipeline
-
-    out = out or Path(f"{path.name if path.exists() else source.replace('/', '--')}-onnx")
-    with console.status(f"loading {source}"):
-        pipeline = load_pipeline(source, config)
-    from edgeinv_export.onnx_export import export_pipeline
-
+    stem = path.name if path.exists() else source.replace("/", "--")
+    out = out or Path(f"{stem}-{quantize or 'onnx'}")
+    if quantize and out.exists() and any(out.iterdir()):
+        raise UserError(f"{out}: already exists and is not empty; choose a new --out")
     start = time.time()
-    with console.status(f"exporting to {out}"):
-        seconds = export_pipeline(pipeline, out, source)
-    detail = ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items())
-    console.print(f"[green]exported[/] {out} in {time.time() - start:.1f}s ({detail})")
+    scratch = None
+    try:
+        if onnx_source:
+            fp32 = path
+            if manifest.read_manifest(path) is None:  # an optimum export: adopt a scratch copy first
+                from edgeinv.onnx_surgery import adopt_optimum_folder
+
+                scratch = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=".edgeinv-adopt-"))
+                fp32 = scratch / "model"
+                shutil.copytree(path, fp32)
+                adopt_optimum_folder(fp32)
+                manifest.write_manifest(fp32, source, {"adopted": "optimum"})
+        else:
+            from edgeinv_export.load import load_pipeline
+            from edgeinv_export.onnx_export import export_pipeline
+
+            with console.status(f"loading {source}"):
+                pipeline = load_pipeline(source, config)
+            if quantize:  # the fp32 export is only a step: keep it out of `out` until the check passes
+                out.parent.mkdir(parents=True, exist_ok=True)
+                scratch = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.fp32-"))
+                fp32 = scratch / "model"
+            else:
+                fp32 = out
+            with console.status(f"exporting to {fp32 if not quantize else 'a scratch fp32 folder'}"):
+                seconds = export_pipeline(pipeline, fp32, source)
+            del pipeline
+            detail = ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items())
+            console.print(f"[green]exported[/] {fp32 if not quantize else 'fp32 graphs'} in {time.time() - start:.1f}s ({detail})")
+        if quantize:
+            from edgeinv.quantize import describe, quantize_folder
+
+            with console.status(f"quantising to {quantize}"):
+                record = quantize_folder(fp32, out, quantize, log=lambda line: console.print(f"  {line}", highlight=False), source_label=source)
+            console.print(f"[green]quantised[/] {out} in {time.time() - start:.1f}s: {describe(record)}")
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+# Mean DVAR stop on the 8 planted concepts, in UNet sample-evaluations (generation 96 at the
+# default population: benchmarks/results/planted_concepts.md).
+TYPICAL_DVAR_STOP_EVALUATIONS = 11180
+
+
+def projection(first, second, config) -> str:
+    """After two generations: the measured time per generation and the projected run time."""
+    from edgeinv.stopping import window_in_steps
+
+    per_generation = second.seconds - first.seconds
+    evaluations = max(1, second.unet_evaluations - first.unet_evaluations)
+    window = window_in_steps(config.dvar_window, evaluations)
+    typical = min(config.budget, max(window, round(TYPICAL_DVAR_STOP_EVALUATIONS / evaluations)))
+    remaining = lambda generations: _duration(max(0, generations - second.generation - 1) * per_generation)  # noqa: E731
+    return (f"measured {per_generation:.1f}s per generation after the first ({evaluations} UNet evaluations, chunk {config.chunk_size}); "
+            f"projected: {remaining(config.budget)} more to the budget of {config.budget} generations, "
+            f"~{remaining(typical)} to a typical DVAR stop (~generation {typical})")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _copy_folder(source: Path, out: Path) -> Path:
@@ -158,7 +223,8 @@ METHOD_HELP = ("cma-es: forward passes only on ONNX Runtime (no torch). ti, drea
 @click.option("--dvar-threshold", default=None, type=float, help="stop when var(window)/var(history) falls below this [default: the method's]")
 @click.option("--timesteps", default=(0.0, 1.0), show_default=True, type=(float, float), help="train on this fraction range of the schedule")
 @click.option("--flip/--no-flip", default=True, show_default=True, help="also learn from mirrored pictures")
-@click.option("--chunk-size", default=64, show_default=True, type=click.IntRange(1), help="UNet rows per call (bounds memory)")
+@click.option("--chunk-size", default=None, type=click.IntRange(1), help="UNet rows per call [default: the most that fit --max-memory, up to 64]")
+@click.option("--max-memory", default=2.0, show_default=True, type=click.FloatRange(0.1), help="GB of memory to stay under when sizing --chunk-size")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--threads", default=None, type=click.IntRange(1), help="ONNX Runtime threads [default: all cores]")
 @click.option("--lr", default=None, type=float, help="gradient methods: the token's learning rate [default: the method's]")
@@ -171,7 +237,7 @@ METHOD_HELP = ("cma-es: forward passes only on ONNX Runtime (no torch). ti, drea
 @click.option("--checkpoint-every", default=25, show_default=True, type=click.IntRange(1), help="gradient methods: steps between checkpoints")
 @click.option("--no-samples", is_flag=True, help="skip drawing samples.png")
 def invert(images, method, model, token, init_words, init_candidates, concept_kind, out, resume, seed, budget, popsize, dim, subspace, samples,
-           heldout, dvar_window, dvar_threshold, timesteps, flip, chunk_size, device, threads, lr, weights_lr, batch_size, rank, class_word,
+           heldout, dvar_window, dvar_threshold, timesteps, flip, chunk_size, max_memory, device, threads, lr, weights_lr, batch_size, rank, class_word,
            prior_images, mixed_precision, checkpoint_every, no_samples) -> None:
     """Learn TOKEN from the pictures in IMAGES (default method: forward passes only, no torch).
 
@@ -191,19 +257,28 @@ def invert(images, method, model, token, init_words, init_candidates, concept_ki
     out = out or Path("runs") / f"{file_stem(token)}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not (0.0 <= timesteps[0] < timesteps[1] <= 1.0):
         raise UserError(f"--timesteps {timesteps[0]} {timesteps[1]}: give 0 <= low < high <= 1")
+    sd = None
+    if method == "cma-es":
+        from edgeinv.onnx_model import OnnxStableDiffusion
+
+        sd = OnnxStableDiffusion(model, device=device, threads=threads)
+        if chunk_size is None:
+            chunk_size = sd.chunk_size_for(max_memory)
+            if sd.weights_exceed(max_memory):
+                console.print(f"[yellow]warning:[/] {sd.folder}: the UNet's weights alone exceed --max-memory {max_memory:g} GB; "
+                              f"UNet rows go one at a time. A quantised copy is about 1/4 the size: edgeinv export {sd.folder} --out {sd.folder}-int8 --quantize int8",
+                              highlight=False, soft_wrap=True)
     config = InvertConfig(images=str(images), model=model, method=method, token=token, init=list(init_words), init_candidates=init_candidates,
                           property=concept_kind, seed=seed, budget=budget, popsize=popsize, dim=dim, subspace=subspace, samples=samples, heldout=heldout,
-                          dvar_window=dvar_window, dvar_threshold=dvar_threshold, timesteps=tuple(timesteps), flip=flip, chunk_size=chunk_size,
+                          dvar_window=dvar_window, dvar_threshold=dvar_threshold, timesteps=tuple(timesteps), flip=flip, chunk_size=chunk_size or 64,
                           device=device, threads=threads, lr=lr, weights_lr=weights_lr, batch_size=batch_size, rank=rank, class_word=class_word,
                           prior_images=prior_images, mixed_precision=mixed_precision, checkpoint_every=checkpoint_every).resolved()
     if method == "cma-es":
         from edgeinv.invert import invert
-        from edgeinv.onnx_model import OnnxStableDiffusion
 
         def run(*args, **kwargs):  # the forward-only search has no trained weights besides the token
             return invert(*args, **kwargs), None
 
-        sd = OnnxStableDiffusion(model, device=device, threads=threads)
         unit = "generation"
     else:
         try:
@@ -221,8 +296,13 @@ def invert(images, method, model, token, init_words, init_candidates, concept_ki
     with Progress(*columns, console=console) as bar:
         task = bar.add_task("invert", total=config.budget, stats="encoding images")
 
+        seen = []
+
         def show(record, _config) -> None:
+            seen.append(record)
             bar.update(task, completed=record.number + 1, stats=record.progress_text())
+            if method == "cma-es" and len(seen) == 2 and config.budget > 2:
+                console.print(projection(seen[0], seen[1], config), highlight=False, soft_wrap=True)
 
         try:
             result, trained = run(config, out, resume=resume, progress=show, warn=lambda m: console.print(f"[yellow]{m}[/]", highlight=False), model=sd)
