@@ -51,7 +51,8 @@ def main() -> None:
 @click.option("--config", help="for single-file checkpoints offline: a diffusers folder (or hub id) of the same architecture")
 @click.option("--quantize", type=click.Choice(["int8", "int4"]), default=None,
               help="weight-only quantisation (MatMul 8/4-bit, Conv int8): about 1/3 of the memory; refused below cosine 0.999 to fp32")
-def export(source: str, out: Path | None, config: str | None, quantize: str | None) -> None:
+@click.option("--min-cosine", default=0.999, show_default=True, type=click.FloatRange(0, 1), help="with --quantize: refuse a graph whose output cosine to fp32 is lower")
+def export(source: str, out: Path | None, config: str | None, quantize: str | None, min_cosine: float) -> None:
     """Convert a checkpoint to edgeinv's ONNX folder (optimum's layout + inversion extras).
 
     SOURCE is a diffusers folder, a single .safetensors/.ckpt file, a hub id (needs a
@@ -113,7 +114,7 @@ def export(source: str, out: Path | None, config: str | None, quantize: str | No
             from edgeinv.quantize import describe, quantize_folder
 
             with console.status(f"quantising to {quantize}"):
-                record = quantize_folder(fp32, out, quantize, log=lambda line: console.print(f"  {line}", highlight=False), source_label=source)
+                record = quantize_folder(fp32, out, quantize, min_cosine=min_cosine, log=lambda line: console.print(f"  {line}", highlight=False), source_label=source)
             console.print(f"[green]quantised[/] {out} in {time.time() - start:.1f}s: {describe(record)}")
     finally:
         if scratch is not None:
