@@ -50,7 +50,7 @@ def inputs(size):
 ORT_UNET = PEAK + INPUTS + """
 import json, time, numpy as np, onnxruntime as ort
 from edgeinv.onnx_model import session_options
-session = ort.InferenceSession({path!r}, session_options(threads=2), providers=["CPUExecutionProvider"])
+session = ort.InferenceSession({path!r}, session_options(threads=2, arena={arena}), providers=["CPUExecutionProvider"])
 row = {{}}
 for size, repeats in ((32, 2), (64, 1)):
     sample, t, states = inputs(size)
@@ -204,6 +204,7 @@ def main() -> None:
         ("ort-fused", "ONNX Runtime, fused attention, fp32", ORT_UNET, root / "fp32" / "unet" / "model.onnx"),
         ("ort-int8", "ONNX Runtime, fused attention + int8 weights", ORT_UNET, root / "int8" / "unet" / "model.onnx"),
         ("ort-int4", "ONNX Runtime, fused attention + int4 MatMul / int8 Conv weights", ORT_UNET, root / "int4" / "unet" / "model.onnx"),
+        ("ort-int8-arena", "ONNX Runtime, fused attention + int8 weights, CPU arena on", ORT_UNET, root / "int8" / "unet" / "model.onnx"),
         ("torch-eager", "PyTorch eager UNet forward, fp32 (the reference)", TORCH_UNET, root / "diffusers" / "unet"),
     ]
     rows = {}
@@ -213,7 +214,7 @@ def main() -> None:
         if not path.exists():
             print(f"skip {key}: {path} missing (run with --prepare)", flush=True)
             continue
-        rows[key] = {"label": label, **run(template.format(path=str(path), out=str(work / key)))}
+        rows[key] = {"label": label, **run(template.format(path=str(path), out=str(work / key), arena=key.endswith("-arena")))}
         print(key, rows[key], flush=True)
     reference = {size: np.load(work / f"torch-eager_{size}.npy") for size in (32, 64)} if "torch-eager" in rows else {}
     for key, row in rows.items():
@@ -221,7 +222,7 @@ def main() -> None:
             row["cosine"] = min(cosine(np.load(work / f"{key}_{size}.npy"), reference[size]) for size in (32, 64))
     # The flash path itself: the fused graph with ORT's flash kernel switched off.
     if "ort-fused" in rows:
-        off = run(ORT_UNET.format(path=str(root / "fp32" / "unet" / "model.onnx"), out=str(work / "ort-noflash")), env={"ORT_DISABLE_FLASH_ATTENTION": "1"})
+        off = run(ORT_UNET.format(path=str(root / "fp32" / "unet" / "model.onnx"), out=str(work / "ort-noflash"), arena=False), env={"ORT_DISABLE_FLASH_ATTENTION": "1"})
         rows["ort-noflash"] = {"label": "ONNX Runtime, fused attention fp32, ORT_DISABLE_FLASH_ATTENTION=1", **off}
         if reference:
             rows["ort-noflash"]["cosine"] = min(cosine(np.load(work / f"ort-noflash_{size}.npy"), reference[size]) for size in (32, 64))

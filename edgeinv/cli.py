@@ -114,8 +114,8 @@ def export(source: str, out: Path | None, config: str | None, quantize: str | No
             from edgeinv.quantize import describe, quantize_folder
 
             with console.status(f"quantising to {quantize}"):
-                record = quantize_folder(fp32, out, quantize, min_cosine=min_cosine, log=lambda line: console.print(f"  {line}", highlight=False), source_label=source)
-            console.print(f"[green]quantised[/] {out} in {time.time() - start:.1f}s: {describe(record)}")
+                record = quantize_folder(fp32, out, quantize, min_cosine=min_cosine, log=lambda line: console.print(f"  {line}", highlight=False, soft_wrap=True), source_label=source)
+            console.print(f"[green]quantised[/] {out} in {time.time() - start:.1f}s: {describe(record)}", soft_wrap=True)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
