@@ -80,75 +80,140 @@ def main() -> None:
 
 @main.command()
 @click.argument("source")
-@click.option("--out", type=click.Path(path_type=Path), help="output folder (default: SOURCE-onnx; an ONNX SOURCE is adopted in place)")
+@click.option("--out", type=click.Path(path_type=Path), help="output folder (default: SOURCE-onnx, or SOURCE-int8 with --quantize; an ONNX SOURCE is adopted in place)")
 @click.option("--config", help="for single-file checkpoints offline: a diffusers folder (or hub id) of the same architecture")
 @click.option("--overwrite", is_flag=True, help="replace an --out that holds a different model or other files")
-def export(source: str, out: Path | None, config: str | None, overwrite: bool) -> None:
+@click.option("--quantize", type=click.Choice(["int8", "int4"]), default=None,
+              help="weight-only quantisation (MatMul 8/4-bit, Conv int8): about 1/3 of the memory; refused below cosine 0.999 to fp32")
+@click.option("--min-cosine", default=0.999, show_default=True, type=click.FloatRange(0, 1), help="with --quantize: refuse a graph whose output cosine to fp32 is lower")
+def export(source: str, out: Path | None, config: str | None, overwrite: bool, quantize: str | None, min_cosine: float) -> None:
     """Convert a checkpoint to edgeinv's ONNX folder (optimum's layout + inversion extras).
 
     SOURCE is a diffusers folder, a single .safetensors/.ckpt file, a hub id (needs a
-    network), or an existing optimum ONNX export, which is adopted without torch. The
-    folder is written beside --out and swapped in when complete, so an interrupted export
-    leaves the earlier --out as it was.
+    network), or an existing ONNX export: an optimum one is adopted, and with --quantize an
+    edgeinv one is quantised, both without torch. The folder is written beside --out and
+    swapped in when complete, so an interrupted export leaves the earlier --out as it was.
     """
     import shutil
+    import tempfile
 
     from edgeinv import manifest
     from edgeinv.files import check_writable_folder
 
     path = Path(source)
-    same_folder = out is None or (out.exists() and path.exists() and out.resolve() == path.resolve())
-    if path.is_dir() and (path / manifest.MANIFEST_NAME).is_file():
+    is_edgeinv = path.is_dir() and (path / manifest.MANIFEST_NAME).is_file()
+    is_optimum = path.is_dir() and not is_edgeinv and (path / manifest.TEXT_ENCODER_IDS).is_file()
+    if is_edgeinv:
         from edgeinv.onnx_model import OnnxStableDiffusion
 
         OnnxStableDiffusion._check_folder(path)  # a damaged folder says so
-        if same_folder:
-            console.print(f"{escape(str(path))}: already an edgeinv model folder; nothing to do", highlight=False, soft_wrap=True)
-            return
-        check_export_out(out, source, overwrite)
-        with staged_folder(out) as tmp:
-            shutil.copytree(path, tmp, dirs_exist_ok=True)
-        console.print(f"[green]copied[/] {escape(str(path))} to {escape(str(out))}", highlight=False)
-        return
-    if path.is_dir() and (path / manifest.TEXT_ENCODER_IDS).is_file():
+    if is_optimum:
         try:
             from edgeinv.onnx_surgery import adopt_optimum_folder
         except ImportError as error:  # the Docker image leaves `onnx` out
             raise UserError(f"adopting {path} needs the onnx package ({error.name} is missing): pip install onnx, or adopt it outside the container") from None
+    if quantize:
+        try:
+            import onnx  # noqa: F401
+            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer  # noqa: F401
+        except ImportError as error:  # the Docker image leaves both out
+            raise UserError(f"--quantize needs the onnx package and onnxruntime.quantization ({error.name} is missing): pip install onnx, or quantise outside the container") from None
 
-        if same_folder:  # in place: only adds files (the manifest last), so an interrupted adoption can be rerun
+    same_folder = out is None or (out.exists() and path.exists() and out.resolve() == path.resolve())
+    if same_folder and not quantize:
+        if is_edgeinv:
+            console.print(f"{escape(str(path))}: already an edgeinv model folder; nothing to do", highlight=False, soft_wrap=True)
+            return
+        if is_optimum:  # in place: only adds files (the manifest last), so an interrupted adoption can be rerun
             check_writable_folder(path, "SOURCE")
             with status(f"adopting {path}"):
                 adopt_optimum_folder(path)
                 for added in (manifest.TEXT_ENCODER_EMBEDS, manifest.TOKEN_EMBEDDINGS):
                     (path / added).chmod(0o644)  # readable by the folder's other users, like the rest of it
                 manifest.write_manifest(path, source, {"adopted": "optimum"})
-            target = path
-        else:
-            check_export_out(out, source, overwrite)
-            with status(f"adopting {path} into {out}"), staged_folder(out) as tmp:
-                shutil.copytree(path, tmp, dirs_exist_ok=True)
-                adopt_optimum_folder(tmp)
-                manifest.write_manifest(tmp, source, {"adopted": "optimum"})
-            target = out
-        console.print(f"[green]adopted[/] {escape(str(target))}: added {manifest.TEXT_ENCODER_EMBEDS}, {manifest.TOKEN_EMBEDDINGS}, {manifest.MANIFEST_NAME}", highlight=False)
-        return
+            console.print(f"[green]adopted[/] {escape(str(path))}: added {manifest.TEXT_ENCODER_EMBEDS}, {manifest.TOKEN_EMBEDDINGS}, {manifest.MANIFEST_NAME}", highlight=False)
+            return
 
-    out = out or Path(f"{path.name if path.exists() else source.replace('/', '--')}-onnx")
+    out = out or Path(f"{path.name if path.exists() else source.replace('/', '--')}-{quantize or 'onnx'}")
+    if quantize and path.exists() and out.exists() and out.resolve() == path.resolve():
+        raise UserError(f"{out}: --quantize writes a new folder; give an --out other than SOURCE (default: {path.name}-{quantize})")
     check_export_out(out, source, overwrite)  # before torch loads anything
+    pipeline = None if is_edgeinv or is_optimum else load_torch_pipeline(source, config)
+    start = time.time()
+    # Everything is built in `tmp` beside --out and swapped in at the end. With --quantize the
+    # fp32 folder is only a step: it is built in `scratch`, which goes away in any case.
+    with staged_folder(out) as tmp, tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f"{tmp.name}.fp32-") as scratch:
+        fp32 = Path(scratch) if quantize else tmp
+        if is_edgeinv:
+            if quantize:
+                fp32 = path
+            else:
+                shutil.copytree(path, tmp, dirs_exist_ok=True)
+            done = f"[green]copied[/] {escape(str(path))} to {escape(str(out))}"
+        elif is_optimum:
+            with status(f"adopting {path} into {out}"):
+                shutil.copytree(path, fp32, dirs_exist_ok=True)
+                adopt_optimum_folder(fp32)
+                manifest.write_manifest(fp32, source, {"adopted": "optimum"})
+            done = f"[green]adopted[/] {escape(str(out))}: added {manifest.TEXT_ENCODER_EMBEDS}, {manifest.TOKEN_EMBEDDINGS}, {manifest.MANIFEST_NAME}"
+        else:
+            from edgeinv_export.onnx_export import export_pipeline
+
+            with status(f"exporting to {out}"):
+                seconds = export_pipeline(pipeline, fp32, source)
+            del pipeline  # its memory, before quantising
+            detail = ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items())
+            done = f"[green]exported[/] {escape(str(out) if not quantize else 'fp32 graphs')} in {time.time() - start:.1f}s ({detail})"
+            if quantize:
+                console.print(done, highlight=False)
+        if quantize:
+            from edgeinv.quantize import describe, quantize_folder
+
+            with status(f"quantising to {quantize}"):
+                record = quantize_folder(fp32, tmp, quantize, min_cosine=min_cosine, source_label=source,
+                                         log=lambda line: console.print(f"  {escape(line)}", highlight=False, soft_wrap=True))
+            done = f"[green]quantised[/] {escape(str(out))} in {time.time() - start:.1f}s: {describe(record)}"
+    console.print(done, highlight=False, soft_wrap=True)
+
+
+def load_torch_pipeline(source: str, config: str | None):
+    """The diffusers pipeline to export (the torch extra)."""
     try:
         from edgeinv_export.load import load_pipeline
-        from edgeinv_export.onnx_export import export_pipeline
     except ImportError as error:
         raise UserError(f"export needs the torch extra ({error.name} is missing): pip install torch==2.13.0 'edgeinv[torch]'") from None
-
     with status(f"loading {source}"):
-        pipeline = load_pipeline(source, config)
-    start = time.time()
-    with status(f"exporting to {out}"), staged_folder(out) as tmp:
-        seconds = export_pipeline(pipeline, tmp, source)
-    detail = ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items())
-    console.print(f"[green]exported[/] {escape(str(out))} in {time.time() - start:.1f}s ({detail})", highlight=False)
+        return load_pipeline(source, config)
+
+
+# Mean DVAR stop on the 8 planted concepts, in UNet sample-evaluations (generation 96 at the
+# default population: benchmarks/results/planted_concepts.md).
+TYPICAL_DVAR_STOP_EVALUATIONS = 11180
+
+
+def projection(first, second, config, unit: str = "generation") -> str:
+    """After two generations (zo-sgd: steps): the measured time per one and the projected run
+    time. The typical DVAR stop is CMA-ES's measurement; zo-sgd gets the budget only."""
+    from edgeinv.stopping import window_in_steps
+
+    per_generation = second.seconds - first.seconds
+    evaluations = max(1, second.unet_evaluations - first.unet_evaluations)
+    remaining = lambda generations: _duration(max(0, generations - second.generation - 1) * per_generation)  # noqa: E731
+    text = (f"measured {per_generation:.1f}s per {unit} after the first ({evaluations} UNet evaluations, chunk {config.chunk_size}); "
+            f"projected: {remaining(config.budget)} more to the budget of {config.budget} {unit}s")
+    if config.optimizer == "cma-es":
+        window = window_in_steps(config.dvar_window, evaluations)
+        typical = min(config.budget, max(window, round(TYPICAL_DVAR_STOP_EVALUATIONS / evaluations)))
+        text += f", ~{remaining(typical)} to a typical DVAR stop (~{unit} {typical})"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def check_export_out(out: Path, source: str, overwrite: bool) -> None:
@@ -332,7 +397,8 @@ METHOD_HELP = ("cma-es: forward passes only on ONNX Runtime (no torch; --optimiz
 @click.option("--dvar-threshold", default=None, type=float, help="stop when var(window)/var(history) falls below this [default: the method's]")
 @click.option("--timesteps", default=(0.0, 1.0), show_default=True, type=(float, float), help="train on this fraction range of the schedule")
 @click.option("--flip/--no-flip", default=True, show_default=True, help="also learn from mirrored pictures")
-@click.option("--chunk-size", default=64, show_default=True, type=click.IntRange(1), help="UNet rows per call (bounds memory)")
+@click.option("--chunk-size", default=None, type=click.IntRange(1), help="UNet rows per call [default: the most that fit --max-memory, up to 64]")
+@click.option("--max-memory", default=2.0, show_default=True, type=click.FloatRange(0.1), help="GB of memory to stay under when sizing --chunk-size")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--threads", default=None, type=click.IntRange(1), help="ONNX Runtime threads [default: all cores]")
 @click.option("--lr", default=None, type=float, help="gradient methods: the token's learning rate; zo-sgd: Adam's, in vocabulary spreads [default: the method's]")
@@ -345,7 +411,7 @@ METHOD_HELP = ("cma-es: forward passes only on ONNX Runtime (no torch; --optimiz
 @click.option("--checkpoint-every", default=25, show_default=True, type=click.IntRange(1), help="gradient methods: steps between checkpoints")
 @click.option("--no-samples", is_flag=True, help="skip drawing samples.png")
 def invert(images, method, optimizer, model, token, vectors, init_words, init_candidates, concept_kind, out, resume, overwrite, seed, budget, popsize,
-           probes, mu, dim, subspace, samples, heldout, dvar_window, dvar_threshold, timesteps, flip, chunk_size, device, threads, lr, weights_lr,
+           probes, mu, dim, subspace, samples, heldout, dvar_window, dvar_threshold, timesteps, flip, chunk_size, max_memory, device, threads, lr, weights_lr,
            batch_size, rank, class_word,
            prior_images, mixed_precision, checkpoint_every, no_samples) -> None:
     """Learn TOKEN from the pictures in IMAGES (default method: forward passes only, no torch).
@@ -359,6 +425,8 @@ def invert(images, method, optimizer, model, token, vectors, init_words, init_ca
     from edgeinv.files import check_writable_folder
     from edgeinv.invert import CHECKPOINT, OLD_CHECKPOINTS, InvertConfig, check_dim, check_token, check_token_text, load_checkpoint
     from edgeinv.report import plot_loss, write_config, write_samples
+
+    from dataclasses import replace
 
     # Everything a user can get wrong is checked here, before a model is loaded or a picture encoded.
     if resume and out is None:
@@ -382,7 +450,7 @@ def invert(images, method, optimizer, model, token, vectors, init_words, init_ca
     config = InvertConfig(images=str(images), model=model, method=method, optimizer=optimizer, token=token, vectors=vectors, init=list(init_words),
                           init_candidates=init_candidates, property=concept_kind, seed=seed, budget=budget, popsize=popsize, probes=probes, mu=mu,
                           dim=dim, subspace=subspace, samples=samples, heldout=heldout,
-                          dvar_window=dvar_window, dvar_threshold=dvar_threshold, timesteps=tuple(timesteps), flip=flip, chunk_size=chunk_size,
+                          dvar_window=dvar_window, dvar_threshold=dvar_threshold, timesteps=tuple(timesteps), flip=flip, chunk_size=chunk_size or 64,
                           device=device, threads=threads, lr=lr, weights_lr=weights_lr, batch_size=batch_size, rank=rank, class_word=class_word,
                           prior_images=prior_images, mixed_precision=mixed_precision, checkpoint_every=checkpoint_every).resolved()  # hashes the pictures
     if method == "cma-es":
@@ -398,6 +466,11 @@ def invert(images, method, optimizer, model, token, vectors, init_words, init_ca
         sd = OnnxStableDiffusion(model, device=device, threads=threads)
         check_token(sd.tokenizer, token)
         check_dim(config, sd)
+        if chunk_size is None:  # the most UNet rows per call that fit --max-memory, now that the model's size is known
+            config = replace(config, chunk_size=sd.chunk_size_for(max_memory))
+            if sd.weights_exceed(max_memory):
+                warning(f"warning: {sd.folder}: the UNet's weights alone exceed --max-memory {max_memory:g} GB; UNet rows go one at a time. "
+                        f"A quantised copy is about 1/4 the size: edgeinv export {sd.folder} --out {sd.folder}-int8 --quantize int8")
         unit = "generation" if optimizer == "cma-es" else "step"
     else:
         try:
@@ -421,8 +494,13 @@ def invert(images, method, optimizer, model, token, vectors, init_words, init_ca
     with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
         task = bar.add_task("invert", total=config.budget, stats="encoding images")
 
+        seen = []  # the first two records, for the projected run time
+
         def show(record, _config) -> None:
+            seen.append(record)
             bar.update(task, completed=record.number + 1, stats=record.progress_text())
+            if method == "cma-es" and len(seen) == 2 and config.budget > 2:
+                console.print(projection(seen[0], seen[1], config, unit), highlight=False, soft_wrap=True)
 
         try:
             result, trained = run(config, out, resume=resume, progress=show, warn=warning, model=sd)
