@@ -165,7 +165,13 @@ class RunCode:
         return (os.system, (f"touch {self.marker}",))
 
 
-HIDDEN = 64  # the shipped model's text width
+HIDDEN = json.loads((ONNX_DIR / "edgeinv.json").read_text())["architecture"]["hidden_size"]  # the shipped model's text width
+
+
+def grow_latent_size(record: dict) -> None:
+    """A hand-edited manifest: a different latent size (and the image size that goes with it)."""
+    arch = record["architecture"]
+    arch.update(latent_size=arch["latent_size"] + 8, image_size=(arch["latent_size"] + 8) * arch["vae_scale_factor"])
 
 
 # Each case: (tmp, concept, finished_run, mounts) -> (args, fragment, preserved paths)
@@ -242,7 +248,7 @@ CASES = {
     "embedding-empty-name": lambda t, c, r, m: case(["generate", "a <x>", "--embedding", embedding(t, "e.safetensors", {"": np.zeros(HIDDEN)})], "name stored in the file is empty"),
     "embedding-nan": lambda t, c, r, m: case(["generate", "a <x>", "--embedding", embedding(t, "e.safetensors", {"<x>": np.full(HIDDEN, np.nan)})], "NaN"),
     "embedding-zero-vectors": lambda t, c, r, m: case(["generate", "a <x>", "--embedding", embedding(t, "e.safetensors", {"emb_params": np.zeros((0, HIDDEN))})], "shape"),
-    "embedding-wrong-width": lambda t, c, r, m: case(["generate", "a <x>", "--embedding", embedding(t, "e.safetensors", {"<x>": np.zeros(768)})], "width 768"),
+    "embedding-wrong-width": lambda t, c, r, m: case(["generate", "a <x>", "--embedding", embedding(t, "e.safetensors", {"<x>": np.zeros(HIDDEN + 1)})], f"width {HIDDEN + 1}"),
     "embedding-too-many-tensors": lambda t, c, r, m: case(["generate", "a <x>", "--embedding", embedding(t, "e.safetensors", {"a": np.zeros(HIDDEN), "b": np.zeros(HIDDEN)})], "2 tensors"),
     "more-tokens-than-embeddings": lambda t, c, r, m: case(["generate", "a <x>", "--token", "<x>"], "more --token"),
     # ---- model folders
@@ -251,7 +257,7 @@ CASES = {
     "model-manifest-not-object": lambda t, c, r, m: case(["generate", "x", "--model", damaged_model(t, lambda d: (d / "edgeinv.json").write_text("[]"))], "not an edgeinv manifest"),
     "model-manifest-lacks-architecture": lambda t, c, r, m: case(["generate", "x", "--model", damaged_model(t, lambda d: edit_manifest(d, lambda rec: rec.pop("architecture")))], "architecture"),
     "model-manifest-lacks-files": lambda t, c, r, m: case(["generate", "x", "--model", damaged_model(t, lambda d: edit_manifest(d, lambda rec: rec.pop("files")))], "files"),
-    "model-manifest-latent-size-edited": lambda t, c, r, m: case(["generate", "x", "--model", damaged_model(t, lambda d: edit_manifest(d, lambda rec: rec["architecture"].update(latent_size=16, image_size=128)))], "latent_size"),
+    "model-manifest-latent-size-edited": lambda t, c, r, m: case(["generate", "x", "--model", damaged_model(t, lambda d: edit_manifest(d, grow_latent_size))], "latent_size"),
     "model-scheduler-broken-json": lambda t, c, r, m: case(["generate", "x", "--model", damaged_model(t, lambda d: (d / "scheduler" / "scheduler_config.json").write_text("{broken"))], "scheduler_config.json: unreadable"),
     "model-tokenizer-broken": lambda t, c, r, m: case(["generate", "x", "--model", damaged_model(t, lambda d: (d / "tokenizer" / "vocab.json").write_text("{broken"))], "unreadable tokenizer"),
     "model-unet-truncated": lambda t, c, r, m: case(["generate", "x", "--model", damaged_model(t, lambda d: truncate(d / "unet" / "model.onnx"))], "truncated"),

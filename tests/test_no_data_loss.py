@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +80,8 @@ def test_generate_into_a_folder_writes_each_image_and_the_grid(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["grid-0001.png", "image-0001.png", "image-0002.png", "image-0003.png"]
     done = cli("generate", "a blue square", "--steps", "2", "-n", "1", "--out", folder)
     assert done.returncode == 0, done.stderr
-    assert (folder / "image-0004.png").is_file() and Image.open(folder / "image-0004.png").size == (64, 64)  # earlier images kept
+    size = json.loads((ONNX_DIR / manifest.MANIFEST_NAME).read_text())["architecture"]["image_size"]
+    assert (folder / "image-0004.png").is_file() and Image.open(folder / "image-0004.png").size == (size, size)  # earlier images kept
 
 
 def test_generate_without_extension_writes_png(tmp_path):
