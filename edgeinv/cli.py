@@ -137,7 +137,7 @@ def export(source: str, out: Path | None, config: str | None, overwrite: bool, q
     out = out or Path(f"{path.name if path.exists() else source.replace('/', '--')}-{quantize or 'onnx'}")
     if quantize and path.exists() and out.exists() and out.resolve() == path.resolve():
         raise UserError(f"{out}: --quantize writes a new folder; give an --out other than SOURCE (default: {path.name}-{quantize})")
-    check_export_out(out, source, overwrite)  # before torch loads anything
+    check_export_out(out, source, overwrite, quantize)  # before torch loads anything
     pipeline = None if is_edgeinv or is_optimum else load_torch_pipeline(source, config)
     start = time.time()
     # Everything is built in `tmp` beside --out and swapped in at the end. With --quantize the
@@ -216,8 +216,9 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def check_export_out(out: Path, source: str, overwrite: bool) -> None:
-    """Refuse an --out that is a file, unwritable, or holds something else, unless --overwrite."""
+def check_export_out(out: Path, source: str, overwrite: bool, quantize: str | None = None) -> None:
+    """Refuse an --out that is a file, unwritable, or holds something else (another model, or
+    the same one quantised otherwise), unless --overwrite."""
     from edgeinv import manifest
     from edgeinv.files import check_writable_folder
 
@@ -228,9 +229,10 @@ def check_export_out(out: Path, source: str, overwrite: bool) -> None:
         record = manifest.read_manifest(out)
     except UserError:
         record = None
-    if record is not None and str(record.get("source")) == str(source):
+    scheme = (record.get("quantization") or {}).get("scheme") if record is not None else None
+    if record is not None and str(record.get("source")) == str(source) and scheme == quantize:
         return  # the same model exported again: replaced whole when the new one is complete
-    what = f"a model exported from {record.get('source')}" if record is not None else "other files"
+    what = f"a model exported from {record.get('source')} ({scheme or 'fp32'})" if record is not None else "other files"
     raise UserError(f"{out}: holds {what}; choose another --out, or add --overwrite to replace it")
 
 

@@ -104,7 +104,7 @@ class InvertConfig:
     device: str = "auto"
     threads: int | None = None
     # gradient methods only
-    lr: float | None = None
+    lr: float | None = None  # also zo-sgd's Adam step, in basis units
     weights_lr: float | None = None
     batch_size: int = 4
     rank: int = 4  # LoRA rank (dreambooth)
@@ -123,8 +123,8 @@ class InvertConfig:
             raise UserError(f"--optimizer {self.optimizer}: unknown; choose one of {', '.join(OPTIMIZERS)}")
         if self.optimizer != "cma-es" and self.method != "cma-es":
             raise UserError(f"--optimizer {self.optimizer} is for the forward-only method; --method {self.method} trains with AdamW")
-        forward_only = self.method == "cma-es" and self.optimizer in OPTIMIZER_DEFAULTS
-        defaults = asdict(OPTIMIZER_DEFAULTS[self.optimizer] if forward_only else METHOD_DEFAULTS[self.method])
+        own_defaults = self.method == "cma-es" and self.optimizer in OPTIMIZER_DEFAULTS  # zo-sgd; cma-es: the method's
+        defaults = asdict(OPTIMIZER_DEFAULTS[self.optimizer] if own_defaults else METHOD_DEFAULTS[self.method])
         if self.images_sha256 is None:
             defaults["images_sha256"] = images_digest(self.images)  # also refuses a missing or non-folder path
         return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})

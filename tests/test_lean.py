@@ -214,3 +214,21 @@ def test_projection_for_zo_sgd_counts_steps_and_claims_no_typical_stop():
     text = projection(Generation(0, 1.0, 1.0, 1.0, None, 0.1, 44, 10.0), Generation(1, 1.0, 1.0, 1.0, None, 0.1, 88, 12.0), config, "step")
     assert "2.0s per step" in text and "budget of 500 steps" in text
     assert "typical DVAR stop" not in text  # measured for CMA-ES only
+
+
+def test_quantised_out_is_replaced_only_by_the_same_scheme(int8_folder):
+    """issue9's --out rules apply to --quantize: another scheme (or fp32) over it needs --overwrite."""
+    before = {p: p.read_bytes() for p in int8_folder.rglob("*") if p.is_file()}
+    for args in (["--quantize", "int4"], []):
+        done = subprocess.run([sys.executable, "-m", "edgeinv.cli", "export", str(ONNX_DIR), "--out", str(int8_folder), *args], capture_output=True, text=True)
+        errors = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 2 and len(errors) == 1 and "(int8)" in errors[0] and "--overwrite" in errors[0], done.stderr
+    assert {p: p.read_bytes() for p in int8_folder.rglob("*") if p.is_file()} == before
+
+
+def test_quantize_refuses_to_write_over_its_source(tmp_path):
+    import shutil
+
+    source = shutil.copytree(ONNX_DIR, tmp_path / "model")
+    done = subprocess.run([sys.executable, "-m", "edgeinv.cli", "export", str(source), "--out", str(source), "--quantize", "int8"], capture_output=True, text=True)
+    assert done.returncode == 2 and "other than SOURCE" in done.stderr, done.stderr
