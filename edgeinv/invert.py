@@ -371,6 +371,7 @@ def invert(
         if not np.isfinite(losses).any():
             raise UserError(f"every candidate's loss is NaN/inf at generation {generation}; the model in {model.folder} gives non-finite outputs (re-export it in fp32)")
         losses = np.where(np.isfinite(losses), losses, np.nanmax(np.where(np.isfinite(losses), losses, np.nan)) * 10)
+        losses = losses.astype(np.float64)  # what the checkpoint records and `replay` tells again, bit for bit
         optimizer.tell(points, losses)
         state["asked"].append(points_digest(points))
         state["told"].append([float(v) for v in losses])
