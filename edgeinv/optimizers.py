@@ -78,7 +78,9 @@ class ZoSgd:
               Adam (beta1, beta2, eps) step of size lr
 
     mu and lr are in the basis's units: with the PCA basis (scaled by the vocabulary's spread
-    along each direction) mu = 0.1 probes a tenth of a typical word-to-word distance.
+    along each direction) mu = 0.1 probes a tenth of a typical word-to-word distance. Adam's
+    eps is 1e-8 (ZOODiP: 1e-3, in raw embedding units), so the step does not depend on the
+    scale of the estimate.
     History subspace: the last `tau` points; every `tau` steps they are standardised and
     PCA'd, and the components that explain all but `nu` of their variance span P.
 
