@@ -12,8 +12,8 @@ fresh process, peak = the process's VmHWM (kernel high-water mark of resident me
   step at 512 px (VAE encode, text encoder, UNet forward + backward to the token row) in fp32,
   and with bf16 autocast + gradient checkpointing.
 - `edgeinv invert` for 2 generations on the int8 folder with three 512 px pictures
-  (--init photo, --popsize 2, --samples 2, --heldout 2: the peak does not depend on them,
-  the run time does; chunk size from the default --max-memory).
+  (--init photo, --popsize 2, --samples 1, --heldout 1, --no-flip: the peak does not depend
+  on them, the run time does; chunk size from the default --max-memory).
 Runs in this order, most important first (a busy machine may not finish): invert, the two
 TI steps, then the UNet variants. --repeats: 32x32 calls timed (best of); 64x64 is one call.
 
@@ -117,7 +117,7 @@ print(json.dumps({{"peak_mb": peak_mb(), "step_s": time.time() - start}}))
 INVERT = PEAK + """
 import sys, time, json
 sys.argv = ["edgeinv", "invert", {images!r}, "--model", {model!r}, "--out", {out!r}, "--budget", "2", "--popsize", "2",
-            "--samples", "2", "--heldout", "2", "--init", "photo", "--no-samples", "--threads", "2"]
+            "--samples", "1", "--heldout", "1", "--init", "photo", "--no-flip", "--no-samples", "--threads", "2"]
 from edgeinv.cli import main
 start = time.time()
 try:
