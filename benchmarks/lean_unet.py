@@ -11,9 +11,11 @@ fresh process, peak = the process's VmHWM (kernel high-water mark of resident me
 - PyTorch: the UNet forward in fp32 eager (the throughput reference); one textual-inversion
   step at 512 px (VAE encode, text encoder, UNet forward + backward to the token row) in fp32,
   and with bf16 autocast + gradient checkpointing.
-- `edgeinv invert` for 2 generations on the int8 folder with four 512 px pictures
-  (--init photo, --popsize 4, --samples 2, --heldout 2: the peak does not depend on them,
-  the run time does; chunk size from the default --max-memory).
+- `edgeinv invert` for 2 generations on the int8 folder with three 512 px pictures
+  (--init photo, --popsize 2, --samples 1, --heldout 1, --no-flip: the peak does not depend
+  on them, the run time does; chunk size from the default --max-memory).
+Runs in this order, most important first (a busy machine may not finish): invert, the two
+TI steps, then the UNet variants. --repeats: 32x32 calls timed (best of); 64x64 is one call.
 
 --prepare writes, under --dir (about 13 GB of disk, ~15 GB of memory, 20+ minutes on 2 cores):
 diffusers/ (the pipeline saved), fp32/ (`edgeinv export diffusers/`), unet-matmul-softmax/
@@ -52,13 +54,12 @@ import json, time, numpy as np, onnxruntime as ort
 from edgeinv.onnx_model import session_options
 session = ort.InferenceSession({path!r}, session_options(threads=2, arena={arena}), providers=["CPUExecutionProvider"])
 row = {{}}
-for size, repeats in ((32, 2), (64, 1)):
+for size in (32, 64):
     sample, t, states = inputs(size)
     feeds = {{"sample": sample, "timestep": t, "encoder_hidden_states": states}}
-    out = session.run(None, feeds)[0]  # warm-up
     times = []
-    for _ in range(repeats):
-        start = time.perf_counter(); session.run(None, feeds); times.append(time.perf_counter() - start)
+    for _ in range({repeats} if size == 32 else 1):  # 64x64: one call (time includes first-call costs)
+        start = time.perf_counter(); out = session.run(None, feeds)[0]; times.append(time.perf_counter() - start)
     row[f"s{{size}}"] = min(times)
     np.save({out!r} + f"_{{size}}.npy", out)
 row["peak_mb"] = peak_mb()
@@ -73,12 +74,11 @@ torch.set_num_threads(2)
 unet = UNet2DConditionModel.from_pretrained({path!r}).eval()
 row = {{}}
 with torch.no_grad():
-    for size, repeats in ((32, 2), (64, 1)):
+    for size in (32, 64):
         tensors = [torch.from_numpy(a) for a in inputs(size)]
-        out = unet(*tensors).sample.numpy()
         times = []
-        for _ in range(repeats):
-            start = time.perf_counter(); unet(*tensors); times.append(time.perf_counter() - start)
+        for _ in range({repeats} if size == 32 else 1):
+            start = time.perf_counter(); out = unet(*tensors).sample.numpy(); times.append(time.perf_counter() - start)
         row[f"s{{size}}"] = min(times)
         np.save({out!r} + f"_{{size}}.npy", out)
 row["peak_mb"] = peak_mb()
@@ -116,8 +116,8 @@ print(json.dumps({{"peak_mb": peak_mb(), "step_s": time.time() - start}}))
 
 INVERT = PEAK + """
 import sys, time, json
-sys.argv = ["edgeinv", "invert", {images!r}, "--model", {model!r}, "--out", {out!r}, "--budget", "2", "--popsize", "4",
-            "--samples", "2", "--heldout", "2", "--init", "photo", "--no-samples", "--threads", "2"]
+sys.argv = ["edgeinv", "invert", {images!r}, "--model", {model!r}, "--out", {out!r}, "--budget", "2", "--popsize", "2",
+            "--samples", "1", "--heldout", "1", "--init", "photo", "--no-flip", "--no-samples", "--threads", "2"]
 from edgeinv.cli import main
 start = time.time()
 try:
@@ -155,7 +155,9 @@ def run(code: str, env: dict | None = None) -> dict:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **(env or {})})
     if done.returncode != 0:
         raise SystemExit(done.stderr[-3000:])
-    return json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else {}
+    result = json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else {}
+    notes = [line for line in done.stderr.splitlines() if "per generation" in line or "warning" in line]
+    return {**result, "notes": notes} if notes else result
 
 
 def step(label: str, command: list[str]) -> None:
@@ -192,6 +194,8 @@ def main() -> None:
     parser.add_argument("--prepare", action="store_true", help="write the folders first (see above)")
     parser.add_argument("--skip-invert", action="store_true")
     parser.add_argument("--only", nargs="*", help="run only these variant keys")
+    parser.add_argument("--repeats", type=int, default=3, help="timed 32x32 calls per UNet variant (best of)")
+    parser.add_argument("--skip-noflash", action="store_true", help="skip the fused fp32 graph with ORT_DISABLE_FLASH_ATTENTION=1")
     args = parser.parse_args()
     if args.prepare:
         prepare(args.dir)
@@ -200,39 +204,13 @@ def main() -> None:
     root = args.dir
     work = Path(tempfile.mkdtemp(prefix="lean-unet-"))
     variants = [
-        ("ort-today", "ONNX Runtime, today's export (MatMul/Softmax attention), fp32", ORT_UNET, root / "unet-matmul-softmax" / "model.onnx"),
-        ("ort-fused", "ONNX Runtime, fused attention, fp32", ORT_UNET, root / "fp32" / "unet" / "model.onnx"),
+        ("torch-eager", "PyTorch eager UNet forward, fp32 (the reference)", TORCH_UNET, root / "diffusers" / "unet"),
         ("ort-int8", "ONNX Runtime, fused attention + int8 weights", ORT_UNET, root / "int8" / "unet" / "model.onnx"),
+        ("ort-fused", "ONNX Runtime, fused attention, fp32", ORT_UNET, root / "fp32" / "unet" / "model.onnx"),
+        ("ort-today", "ONNX Runtime, today's export (MatMul/Softmax attention), fp32", ORT_UNET, root / "unet-matmul-softmax" / "model.onnx"),
         ("ort-int4", "ONNX Runtime, fused attention + int4 MatMul / int8 Conv weights", ORT_UNET, root / "int4" / "unet" / "model.onnx"),
         ("ort-int8-arena", "ONNX Runtime, fused attention + int8 weights, CPU arena on", ORT_UNET, root / "int8" / "unet" / "model.onnx"),
-        ("torch-eager", "PyTorch eager UNet forward, fp32 (the reference)", TORCH_UNET, root / "diffusers" / "unet"),
     ]
-    rows = {}
-    for key, label, template, path in variants:
-        if args.only and key not in args.only:
-            continue
-        if not path.exists():
-            print(f"skip {key}: {path} missing (run with --prepare)", flush=True)
-            continue
-        rows[key] = {"label": label, **run(template.format(path=str(path), out=str(work / key), arena=key.endswith("-arena")))}
-        print(key, rows[key], flush=True)
-    reference = {size: np.load(work / f"torch-eager_{size}.npy") for size in (32, 64)} if "torch-eager" in rows else {}
-    for key, row in rows.items():
-        if reference and key != "torch-eager":
-            row["cosine"] = min(cosine(np.load(work / f"{key}_{size}.npy"), reference[size]) for size in (32, 64))
-    # The flash path itself: the fused graph with ORT's flash kernel switched off.
-    if "ort-fused" in rows:
-        off = run(ORT_UNET.format(path=str(root / "fp32" / "unet" / "model.onnx"), out=str(work / "ort-noflash"), arena=False), env={"ORT_DISABLE_FLASH_ATTENTION": "1"})
-        rows["ort-noflash"] = {"label": "ONNX Runtime, fused attention fp32, ORT_DISABLE_FLASH_ATTENTION=1", **off}
-        if reference:
-            rows["ort-noflash"]["cosine"] = min(cosine(np.load(work / f"ort-noflash_{size}.npy"), reference[size]) for size in (32, 64))
-        print("ort-noflash", rows["ort-noflash"], flush=True)
-    ti = {}
-    if not args.only or "ti" in args.only:
-        for key, bf16, checkpointing, label in (("ti-fp32", False, False, "PyTorch TI step, fp32 (today's baseline)"),
-                                                ("ti-bf16-ckpt", True, True, "PyTorch TI step, bf16 autocast + gradient checkpointing")):
-            ti[key] = {"label": label, **run(TORCH_TI_STEP.format(path=str(root / "diffusers"), bf16=bf16, checkpointing=checkpointing))}
-            print(key, ti[key], flush=True)
     invert = None
     if not args.skip_invert and (not args.only or "invert" in args.only):
         from PIL import Image
@@ -240,20 +218,50 @@ def main() -> None:
         images = work / "images"
         images.mkdir()
         rng = np.random.default_rng(0)
-        for i in range(4):
+        for i in range(3):
             Image.fromarray(rng.integers(0, 255, (512, 512, 3), dtype=np.uint8)).save(images / f"{i}.png")
         invert = run(INVERT.format(images=str(images), model=str(root / "int8"), out=str(work / "run")))
         print("invert", invert, flush=True)
+        for line in invert.get("notes", []):
+            print("  edgeinv:", line, flush=True)
+    ti = {}
+    for key, bf16, checkpointing, label in (("ti-fp32", False, False, "PyTorch TI step, fp32 (today's baseline)"),
+                                            ("ti-bf16-ckpt", True, True, "PyTorch TI step, bf16 autocast + gradient checkpointing")):
+        if not args.only or "ti" in args.only or key in args.only:
+            ti[key] = {"label": label, **run(TORCH_TI_STEP.format(path=str(root / "diffusers"), bf16=bf16, checkpointing=checkpointing))}
+            print(key, ti[key], flush=True)
+    rows = {}
+    for key, label, template, path in variants:
+        if args.only and key not in args.only:
+            continue
+        if not path.exists():
+            print(f"skip {key}: {path} missing (run with --prepare)", flush=True)
+            continue
+        rows[key] = {"label": label, **run(template.format(path=str(path), out=str(work / key), arena=key.endswith("-arena"), repeats=args.repeats))}
+        print(key, rows[key], flush=True)
+    reference = {size: np.load(work / f"torch-eager_{size}.npy") for size in (32, 64)} if "torch-eager" in rows else {}
+    for key, row in rows.items():
+        if reference and key != "torch-eager":
+            row["cosine"] = min(cosine(np.load(work / f"{key}_{size}.npy"), reference[size]) for size in (32, 64))
+            row["max_diff"] = max(float(np.abs(np.load(work / f"{key}_{size}.npy") - reference[size]).max()) for size in (32, 64))
+    # The flash path itself: the fused graph with ORT's flash kernel switched off.
+    if "ort-fused" in rows and not args.skip_noflash:
+        off = run(ORT_UNET.format(path=str(root / "fp32" / "unet" / "model.onnx"), out=str(work / "ort-noflash"), arena=False, repeats=args.repeats), env={"ORT_DISABLE_FLASH_ATTENTION": "1"})
+        rows["ort-noflash"] = {"label": "ONNX Runtime, fused attention fp32, ORT_DISABLE_FLASH_ATTENTION=1", **off}
+        if reference:
+            rows["ort-noflash"]["cosine"] = min(cosine(np.load(work / f"ort-noflash_{size}.npy"), reference[size]) for size in (32, 64))
+        print("ort-noflash", rows["ort-noflash"], flush=True)
 
-    print("\n| SD 1.5-shaped UNet, batch 1, 2 threads | peak RSS (MB) | s / sample 32x32 | s / sample 64x64 | cosine vs PyTorch fp32 |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print("\n| SD 1.5-shaped, 2 threads | peak RSS (MB) | s / sample 32x32 | s / sample 64x64 | cosine vs PyTorch fp32 | max abs diff |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for key, row in rows.items():
         cos = f"{row['cosine']:.5f}" if "cosine" in row else ("1 (reference)" if key == "torch-eager" else "-")
-        print(f"| {row['label']} | {row['peak_mb']:.0f} | {row['s32']:.2f} | {row['s64']:.2f} | {cos} |")
+        diff = f"{row['max_diff']:.1e}" if "max_diff" in row else "-"
+        print(f"| {row['label']} | {row['peak_mb']:.0f} | {row['s32']:.2f} | {row['s64']:.2f} | {cos} | {diff} |")
     for key, row in ti.items():
-        print(f"| {row['label']} (512 px, batch 1) | {row['peak_mb']:.0f} | - | {row['step_s']:.2f} (step) | - |")
+        print(f"| {row['label']} (512 px, batch 1) | {row['peak_mb']:.0f} | - | {row['step_s']:.2f} (step) | - | - |")
     if invert:
-        print(f"| edgeinv invert, int8 folder, 2 generations, 512 px pictures (torch imported: {invert['torch']}) | {invert['peak_mb']:.0f} | - | {invert['seconds']:.0f} s (whole run) | - |")
+        print(f"| edgeinv invert, int8 folder, 2 generations, 512 px pictures (torch imported: {invert['torch']}) | {invert['peak_mb']:.0f} | - | {invert['seconds']:.0f} s (whole run) | - | - |")
     if "torch-eager" in rows:
         print("\nThroughput vs PyTorch eager fp32 (64x64): " + ", ".join(
             f"{k} {rows['torch-eager']['s64'] / r['s64']:.2f}x" for k, r in rows.items() if k != "torch-eager"))
