@@ -47,10 +47,10 @@ def default_model_dir() -> Path:
 def session_options(threads: int | None = None, arena: bool = False):
     """ONNX Runtime options for edgeinv's sessions.
 
-    The CPU memory arena is off: it keeps freed activation blocks for reuse, which lowered
-    the peak of an SD 1.5-shaped UNet call by 0.25-0.5 GB when off, at no measurable speed
-    cost (benchmarks/lean_unet.py). Prepacking stays on (the default): a prepacked weight
-    replaces its original instead of doubling it. External weights are memory-mapped."""
+    The CPU memory arena is off: it keeps freed activation blocks for reuse (reported to
+    cost 0.25-0.5 GB at an SD 1.5-shaped UNet call; benchmarks/lean_unet.py has an arena-on
+    row to confirm it). Prepacking stays on (the default): a prepacked weight replaces its
+    original instead of doubling it. External weights are memory-mapped."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
