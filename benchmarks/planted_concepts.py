@@ -23,6 +23,13 @@ planted colour, and a longer vector can match that). Tables:
    does (from the full-budget run; judging happens outside the timed region).
 3. DVAR: the same search run to the full budget; stop generation and R at the stop vs R at
    the budget.
+
+`--model DIR` plants, judges and inverts on that folder. `--compare-model DIR` (e.g. an int8
+export of --model) instead prints one table: edgeinv invert (defaults, DVAR on) on --model
+and on DIR, from the same pictures, judged the same way (R and the checker on --model).
+
+    edgeinv export models/tiny-sd-shapes-onnx --out /tmp/tiny-int8 --quantize int8
+    python benchmarks/planted_concepts.py --compare-model /tmp/tiny-int8
 """
 
 from __future__ import annotations
@@ -139,7 +146,8 @@ def gfti(model, images: np.ndarray, start: np.ndarray, recovery: Recovery, plant
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None)
+    parser.add_argument("--model", default=None, help="the model folder (default: the shipped one)")
+    parser.add_argument("--compare-model", default=None, help="also invert on this folder (e.g. --model's int8 export) and compare R")
     parser.add_argument("--concepts", type=int, default=8)
     parser.add_argument("--budget", type=int, default=150, help="generations of the fixed-budget (no DVAR) runs")
     parser.add_argument("--gfti-factor", type=float, default=10, help="cap on GF-TI's search time, as a multiple of edgeinv's time")
@@ -150,6 +158,8 @@ def main() -> None:
 
     from pathlib import Path
 
+    if args.compare_model:
+        return compare(args)
     rows = []
     for index, (a, b) in enumerate(BLENDS[: args.concepts]):
         model = OnnxStableDiffusion(args.model)
@@ -209,6 +219,43 @@ def main() -> None:
         print(f"| {r['concept']} | {r['generations']} | {r['full_generations']} | {r['r']:.3f} | {r['mean_r_at_stop']:.3f} | {r['full_r']:.3f} | {r['seconds']:.0f} | {r['full_seconds']:.0f} |")
     print(f"| **mean** | {mean('generations'):.0f} | {mean('full_generations'):.0f} | {mean('r'):.3f} | {mean('mean_r_at_stop'):.3f} | {mean('full_r'):.3f} | "
           f"{mean('seconds'):.0f} | {mean('full_seconds'):.0f} |")
+
+
+def compare(args) -> None:
+    """edgeinv invert on --model and on --compare-model from the same planted pictures."""
+    from pathlib import Path
+
+    other = OnnxStableDiffusion(args.compare_model)
+    label = (other.manifest.get("quantization") or {}).get("scheme", "compared")
+    rows = []
+    for index, (a, b) in enumerate(BLENDS[: args.concepts]):
+        model = OnnxStableDiffusion(args.model)
+        planted = 0.5 * (word(model, a) + word(model, b))
+        start = word(model, START_WORD)
+        folder = Path(args.workdir) / f"{a}-{b}"
+        images = plant(model, planted, folder, seed=index)
+        planted_color = majority([shapes.read_image(im) for im in images])[0]
+        recovery = Recovery(model, images, planted, start, seed=index)
+        row = {"concept": f"{a}+{b}", "planted_color": planted_color}
+        for key, runner in (("base", model), ("other", OnnxStableDiffusion(args.compare_model))):
+            result = invert(InvertConfig(images=str(folder), init=[START_WORD], seed=index, token=f"<{key}-{index}>"), warn=lambda m: None, model=runner)
+            row[key] = {"r": recovery(result.vector[0]), "color": checker_color(model, result.vector[0], index), "generations": result.stop_generation,
+                        "seconds": result.total_seconds}
+        rows.append(row)
+        print(f"{row['concept']}: base {row['base']}, {label} {row['other']}", flush=True)
+
+    print(f"\n### edgeinv invert (defaults, DVAR on): {args.model or 'the shipped model'} vs its {label} export {args.compare_model}, {len(rows)} planted concepts\n")
+    print(f"| concept | planted colour | R fp32 | R {label} | draws (fp32) | draws ({label}) | generations fp32 / {label} | wall fp32 / {label} (s) |")
+    print("| --- | --- | ---: | ---: | --- | --- | ---: | ---: |")
+    for r in rows:
+        base, other_ = r["base"], r["other"]
+        print(f"| {r['concept']} | {r['planted_color']} | {base['r']:.3f} | {other_['r']:.3f} | {base['color']} | {other_['color']} | "
+              f"{base['generations']} / {other_['generations']} | {base['seconds']:.0f} / {other_['seconds']:.0f} |")
+    mean_base, mean_other = np.mean([r["base"]["r"] for r in rows]), np.mean([r["other"]["r"] for r in rows])
+    agree_base = np.mean([r["base"]["color"] == r["planted_color"] for r in rows])
+    agree_other = np.mean([r["other"]["color"] == r["planted_color"] for r in rows])
+    print(f"| **mean** | | **{mean_base:.3f}** | **{mean_other:.3f}** | agreement {agree_base:.0%} | agreement {agree_other:.0%} | | |")
+    print(f"\nmean R {label} / fp32: {mean_other / mean_base:.3f} ({(mean_other / mean_base - 1) * 100:+.1f}%)")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ is skipped with a warning that names it; an empty result is an error that says w
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from edgeinv.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
-MAX_PIXELS = 16384 * 16384  # above Pillow's bomb guard, below what exhausts memory
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's bomb guard (about 89 megapixels); larger pictures are refused by name
 
 # Textual inversion's usual caption templates (the diffusers example's, shortened).
 OBJECT_TEMPLATES = (
@@ -50,6 +51,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
         if image.mode == "F":
             low, high = float(values.min()), float(values.max())
             values = (values - low) / max(high - low, 1e-12) * 255
+        elif values.max() > 65535:  # 32-bit integer pictures: scale their own range
+            low, high = min(float(values.min()), 0.0), float(values.max())
+            values = (values - low) / (high - low) * 255
         else:
             values = values / (257.0 if values.max() > 255 else 1.0)
         image = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L")
@@ -81,7 +85,9 @@ def load_image(path: Path, size: int, min_side: int) -> np.ndarray:
                 opened.draft("RGB", (size * 2, size * 2))  # JPEG: decode at reduced size
                 image = ImageOps.exif_transpose(opened)
                 image.load()
-        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ValueError(f"too large (over {MAX_PIXELS // 1_000_000} megapixels); downscale it") from None
+        except UnidentifiedImageError as error:
             raise ValueError(f"not a readable image ({type(error).__name__})") from None
         except (OSError, SyntaxError) as error:
             raise ValueError(f"corrupt or truncated ({str(error).splitlines()[0][:80]})") from None
@@ -90,15 +96,47 @@ def load_image(path: Path, size: int, min_side: int) -> np.ndarray:
     return np.asarray(resize_and_crop(to_rgb(image), size), dtype=np.uint8)
 
 
-def load_images(folder: str | Path, size: int, min_side: int | None = None, warn=print) -> ImageSet:
+def picture_folder_entries(folder: str | Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(regular files, unusable entries with a reason) in `folder`; a one-line error when it is not a folder."""
     folder = Path(folder)
     if not folder.exists():
         raise UserError(f"{folder}: no such folder; give a folder of 3-20 pictures of your concept")
     if folder.is_file():
         raise UserError(f"{folder}: is a file; give the folder that holds your pictures")
+    if not folder.is_dir():
+        raise UserError(f"{folder}: not a folder; give the folder that holds your pictures")
+    try:
+        entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    except OSError as error:
+        raise UserError(f"{folder}: cannot list it ({error.strerror}); give a folder you can read") from None
+    files, broken = [], []
+    for path in entries:
+        if path.is_file():
+            files.append(path)
+        elif path.is_symlink():
+            broken.append((path, "a broken symbolic link (or a loop); point it at a picture or remove it"))
+    return files, broken
+
+
+def images_digest(folder: str | Path) -> str:
+    """sha256 over the names and bytes of the folder's picture files: what `--resume` must find unchanged."""
+    files, _ = picture_folder_entries(folder)
+    digest = hashlib.sha256()
+    for path in files:
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            digest.update(path.name.encode() + b"\0")
+            try:
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+            except OSError as error:
+                digest.update(f"unreadable: {error.errno}".encode())
+    return digest.hexdigest()
+
+
+def load_images(folder: str | Path, size: int, min_side: int | None = None, warn=print) -> ImageSet:
+    folder = Path(folder)
+    candidates, broken = picture_folder_entries(folder)
     min_side = min_side if min_side is not None else max(8, size // 2)
-    candidates = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    images, paths, skipped = [], [], []
+    images, paths, skipped = [], [], list(broken)
     for path in candidates:
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             skipped.append((path, f"not an image file (expected {', '.join(sorted(IMAGE_SUFFIXES))})"))
@@ -108,12 +146,13 @@ def load_images(folder: str | Path, size: int, min_side: int | None = None, warn
             paths.append(path)
         except ValueError as reason:
             skipped.append((path, str(reason)))
+    if not images:  # one line that gives the reasons, rather than a warning per file and then an error
+        if not candidates and not broken:
+            raise UserError(f"{folder}: the folder is empty; put 3-20 pictures of your concept in it")
+        reasons = "; ".join(f"{path.name}: {reason}" for path, reason in skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
+        raise UserError(f"{folder}: no usable picture among {len(candidates) + len(broken)} files ({reasons})")
     for path, reason in skipped:
         warn(f"skipping {path}: {reason}")
-    if not images:
-        if not candidates:
-            raise UserError(f"{folder}: the folder is empty; put 3-20 pictures of your concept in it")
-        raise UserError(f"{folder}: no usable picture among {len(candidates)} files ({skipped[0][0].name}: {skipped[0][1]})")
     if len(images) < 3:
         warn(f"only {len(images)} picture{'s' if len(images) > 1 else ''} in {folder}; 3-20 give a more faithful concept")
     return ImageSet(np.stack(images), paths, skipped)

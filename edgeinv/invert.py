@@ -1,28 +1,27 @@
-"""Forward-only textual inversion: CMA-ES in a subspace of the token-embedding space.
+"""Forward-only textual inversion: CMA-ES (or zeroth-order SGD) in a subspace of the token-embedding space.
 
 The loop, top to bottom (`invert`):
 
-    images -> VAE latents (once) -> initial vector e0 -> subspace basis
-    each generation:
+    images -> VAE latents (once) -> initial vectors e0 [N, hidden] -> subspace basis
+    each generation (a step, for zo-sgd):
         draw one evaluation set (common random numbers for the whole population)
-        ask the optimiser for a population z_1..z_k;   e_i = e0 + z_i @ basis
+        ask the optimiser for a population z_1..z_k;   e_i = e0 + z_i @ basis (each of the
+        token's N vectors has its own d coordinates: z_i is N*d long)
         score all e_i in batched ONNX Runtime calls  -> tell the optimiser
         deterministic loss of the optimiser's mean on the frozen DVAR set -> stop?
-        checkpoint (atomic)
+        checkpoint (atomic JSON: the losses told so far)
     choose, by a held-out loss, among the best means and the final mean
     write embedding files, config, history, loss plot, samples
 
-Everything random derives from `seed` and the generation number, so `--resume` after an
-interruption reproduces the uninterrupted run exactly.
+Everything random derives from `seed` and the generation number, and an optimiser's state is a
+function of its seed and the losses it was told, so `--resume` rebuilds it by replaying ask/tell
+with the recorded losses (`replay`) and reproduces the uninterrupted run exactly.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import pickle
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -31,24 +30,30 @@ from pathlib import Path
 import numpy as np
 
 from edgeinv import manifest
-from edgeinv.data import load_images
+from edgeinv.data import images_digest, load_images
+from edgeinv.embedding_files import token_names
 from edgeinv.errors import UserError
+from edgeinv.files import atomic_path
 from edgeinv.objective import LatentCache, Objective, draw_evaluation_set, timestep_range
 from edgeinv.onnx_model import OnnxStableDiffusion
 from edgeinv.optimizers import OPTIMIZERS
 from edgeinv.stopping import Dvar, window_in_steps
 from edgeinv.subspace import make_basis
 
-CHECKPOINT = "checkpoint.pkl"
+CHECKPOINT = "checkpoint.json"  # no pickle: the optimiser is rebuilt by replaying the recorded generations
+OLD_CHECKPOINTS = ("checkpoint.pkl",)  # older edgeinv pickled the optimiser; never unpickled
+MAX_TOKEN_LENGTH = 100  # characters; the token names a file (<token>.safetensors)
 
 
 @dataclass(frozen=True)
 class MethodDefaults:
-    budget: int  # generations (cma-es) or optimiser steps (gradient methods)
+    budget: int  # generations (cma-es) or optimiser steps (zo-sgd, gradient methods)
     dvar_window: int  # in UNet sample-evaluations, see edgeinv/stopping.py
     dvar_threshold: float
-    lr: float | None = None  # the token's learning rate (gradient methods)
+    lr: float | None = None  # the token's learning rate (gradient methods; zo-sgd: Adam's, in basis units)
     weights_lr: float | None = None  # LoRA / K,V projections
+    probes: int | None = None  # zo-sgd: probe directions per step
+    mu: float | None = None  # zo-sgd: probe length, in basis units (vocabulary spreads)
 
 
 # cma-es: window and threshold as measured in benchmarks/planted_concepts.py. The gradient methods start
@@ -61,6 +66,11 @@ METHOD_DEFAULTS = {
     "dreambooth": MethodDefaults(budget=1000, dvar_window=440 * 4, dvar_threshold=0.4, lr=5e-3, weights_lr=5e-4),
     # custom-diffusion's window: 4 samples + 4 prior samples a step
     "custom-diffusion": MethodDefaults(budget=500, dvar_window=180 * 8, dvar_threshold=0.15, lr=5e-3, weights_lr=1e-4),
+}
+# The forward-only method's defaults per --optimizer (cma-es: METHOD_DEFAULTS["cma-es"]).
+# zo-sgd: measured in benchmarks/results/zo_sgd.md; the DVAR window is cma-es's, in the same unit.
+OPTIMIZER_DEFAULTS = {
+    "zo-sgd": MethodDefaults(budget=500, dvar_window=4000, dvar_threshold=0.15, lr=1.0, probes=4, mu=0.1),
 }
 
 
@@ -76,8 +86,11 @@ class InvertConfig:
     budget: int | None = None  # None: the method's default (METHOD_DEFAULTS)
     popsize: int | None = None  # None: pycma's 4 + 3 ln d
     dim: int = 32  # benchmarks/subspace_dim.py: best worst-case R on the planted concepts
-    subspace: str = "pca"
-    optimizer: str = "cma-es"
+    subspace: str = "pca"  # or "random", or "none" (the whole embedding, each coordinate scaled by its spread)
+    optimizer: str = "cma-es"  # the forward-only method's optimiser: cma-es or zo-sgd (edgeinv/optimizers.py)
+    vectors: int = 1  # vectors per token (AUTOMATIC1111's "vectors per token")
+    probes: int | None = None  # zo-sgd; None: OPTIMIZER_DEFAULTS
+    mu: float | None = None  # zo-sgd
     sigma0: float = 1.0
     samples: int = 8  # evaluation samples per generation, shared by the population
     dvar_window: int | None = None  # in UNet sample-evaluations, see edgeinv/stopping.py
@@ -91,7 +104,7 @@ class InvertConfig:
     device: str = "auto"
     threads: int | None = None
     # gradient methods only
-    lr: float | None = None
+    lr: float | None = None  # also zo-sgd's Adam step, in basis units
     weights_lr: float | None = None
     batch_size: int = 4
     rank: int = 4  # LoRA rank (dreambooth)
@@ -100,17 +113,26 @@ class InvertConfig:
     prior_weight: float = 1.0
     mixed_precision: str = "no"
     checkpoint_every: int = 25
+    images_sha256: str | None = None  # the pictures' names and bytes (None: computed by `resolved`)
 
     def resolved(self) -> "InvertConfig":
-        """This config with every None the method's default."""
+        """This config with every None the method's default, and the pictures hashed."""
         if self.method not in METHOD_DEFAULTS:
             raise UserError(f"--method {self.method}: unknown; choose one of {', '.join(METHOD_DEFAULTS)}")
-        defaults = asdict(METHOD_DEFAULTS[self.method])
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"--optimizer {self.optimizer}: unknown; choose one of {', '.join(OPTIMIZERS)}")
+        if self.optimizer != "cma-es" and self.method != "cma-es":
+            raise UserError(f"--optimizer {self.optimizer} is for the forward-only method; --method {self.method} trains with AdamW")
+        own_defaults = self.method == "cma-es" and self.optimizer in OPTIMIZER_DEFAULTS  # zo-sgd; cma-es: the method's
+        defaults = asdict(OPTIMIZER_DEFAULTS[self.optimizer] if own_defaults else METHOD_DEFAULTS[self.method])
+        if self.images_sha256 is None:
+            defaults["images_sha256"] = images_digest(self.images)  # also refuses a missing or non-folder path
         return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
 
     def fingerprint(self) -> str:
-        """What must match for `--resume` to continue the same run."""
-        keys = {k: v for k, v in asdict(self).items() if k not in ("budget", "device", "threads", "chunk_size", "checkpoint_every")}
+        """What must match for `--resume` to continue the same run: the settings and the pictures' bytes."""
+        excluded = ("images", "budget", "device", "threads", "chunk_size", "checkpoint_every")
+        keys = {k: v for k, v in asdict(self).items() if k not in excluded}
         return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -174,47 +196,105 @@ def word_vector(model: OnnxStableDiffusion, words: list[str]) -> np.ndarray:
 
 
 def visual_init(objective: Objective, model: OnnxStableDiffusion, frozen, count: int, batch: int = 64) -> tuple[np.ndarray, list[tuple[str, float]]]:
-    """Rank vocabulary tokens by the frozen-set loss on the user's images; start from the best."""
+    """Rank vocabulary tokens by the frozen-set loss on the user's images; start from the best.
+    A token of N vectors is ranked with the word in all N places and starts from the N best words [N, hidden]."""
     shortlist = vocabulary_shortlist(model, count)
-    losses = np.concatenate([objective.losses(model.token_table[shortlist[i : i + batch]], frozen) for i in range(0, len(shortlist), batch)])
+    n_vectors = len(objective.token_ids)
+
+    def candidates(ids):
+        return np.repeat(model.token_table[ids][:, None], n_vectors, axis=1)
+
+    losses = np.concatenate([objective.losses(candidates(shortlist[i : i + batch]), frozen) for i in range(0, len(shortlist), batch)])
     order = np.argsort(losses)
     best = [(model.tokenizer.id_to_token(int(shortlist[i]))[:-4], float(losses[i])) for i in order[:5]]
-    return model.token_table[shortlist[order[0]]].copy(), best
+    return model.token_table[shortlist[order[:n_vectors]]].copy(), best
+
+
+def initial_vectors(config: "InvertConfig", objective: Objective, model, frozen) -> tuple[np.ndarray, list[tuple[str, float]]]:
+    """e0 [N, hidden]: N copies of the --init words' mean, or the visual initialisation's N best words."""
+    if config.init:
+        return np.repeat(word_vector(model, config.init)[None], config.vectors, axis=0), []
+    return visual_init(objective, model, frozen, config.init_candidates)
 
 
 # ---------------------------------------------------------------- checkpoints
 
 
 def write_atomically(path: Path, write: Callable) -> None:
-    """`write(file)` into a temporary file beside `path`, synced, then renamed over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
+    """`write(file)` into a temporary file beside `path`, synced, then renamed over it; the
+    temporary file is removed on any failure (disk full, Ctrl-C)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_checkpoint(path: Path, config: InvertConfig, read: Callable) -> dict:
     """`read(file)` a checkpoint; one-line errors when it is missing, damaged or from other settings."""
     if not path.is_file():
+        old = [path.parent / name for name in OLD_CHECKPOINTS if (path.parent / name).is_file()]
+        if old:
+            raise UserError(f"{old[0]}: a pickled checkpoint from an older edgeinv, which is never loaded (it could run code); start again with --overwrite")
         raise UserError(f"{path}: no checkpoint to resume; start a new run without --resume")
     try:
         with open(path, "rb") as f:
             state = read(f)
     except Exception:  # a damaged file raises anything
         raise UserError(f"{path}: unreadable checkpoint; delete it and start again without --resume") from None
+    if not isinstance(state, dict) or "fingerprint" not in state:
+        raise UserError(f"{path}: not an edgeinv checkpoint; delete it and start again without --resume")
     if state.get("fingerprint") != config.fingerprint():
-        raise UserError(f"{path}: made with other settings (method, images, token, seed, dim, ...); resume with the same options or use a new --out")
+        raise UserError(f"{path}: made with other settings or other pictures (method, images, token, seed, dim, ...); resume with the same options and pictures, or use a new --out")
     return state
 
 
+def points_digest(points: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(points, dtype=np.float64).tobytes()).hexdigest()[:16]
+
+
 def save_checkpoint(out_dir: Path, state: dict) -> None:
-    write_atomically(out_dir / CHECKPOINT, lambda f: pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL))
+    """JSON, no pickle: the settings' fingerprint, each generation's told losses (and a hash of
+    the points asked), DVAR's state and the history. Floats round-trip exactly through JSON."""
+    write_atomically(out_dir / CHECKPOINT, lambda f: f.write(json.dumps(state).encode()))
 
 
 def load_checkpoint(out_dir: Path, config: InvertConfig) -> dict:
-    return read_checkpoint(out_dir / CHECKPOINT, config, pickle.load)
+    state = read_checkpoint(out_dir / CHECKPOINT, config, json.load)
+    required = {"generation": int, "told": list, "asked": list, "dvar": dict, "history": list, "unet_evaluations": int, "seconds": float}
+    if any(not isinstance(state.get(k), t) for k, t in required.items()) or not (len(state["told"]) == len(state["asked"]) == state["generation"]):
+        raise UserError(f"{out_dir / CHECKPOINT}: damaged checkpoint (missing or inconsistent fields); delete it and start again without --resume")
+    return state
+
+
+def replay(optimizer, state: dict, path: Path) -> dict[int, np.ndarray]:
+    """Bring a freshly seeded ask/tell optimiser to the checkpoint's generation by asking and
+    re-telling the recorded losses; returns its mean after each generation."""
+    means = {}
+    for generation, (digest, losses) in enumerate(zip(state["asked"], state["told"])):
+        points = optimizer.ask()
+        if points_digest(points) != digest or len(losses) != len(points):
+            raise UserError(f"{path}: generation {generation} does not replay (another edgeinv or pycma version?); start again with --overwrite")
+        optimizer.tell(points, np.asarray(losses, dtype=np.float64))
+        means[generation] = optimizer.mean.copy()
+    return means
+
+
+def check_token(tokenizer, token: str) -> None:
+    """Refuse a token that cannot be learned or saved, before any work."""
+    check_token_text(token)
+    if tokenizer.token_id(token) is not None or tokenizer.in_vocabulary(token):
+        raise UserError(f"--token {token!r} is already a word of the vocabulary; pick another, e.g. '<{token.strip('<>|')}-v1>'")
+
+
+def check_token_text(token: str) -> None:
+    if not token.strip():
+        raise UserError("--token is empty; give the new word to learn, e.g. --token '<my-cat>'")
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise UserError(f"--token is {len(token)} characters long; use at most {MAX_TOKEN_LENGTH}, e.g. --token '<my-cat>'")
+
+
+def check_dim(config: InvertConfig, model) -> None:
+    limit = min(model.hidden_size, model.vocab_size)
+    if config.method == "cma-es" and config.subspace != "none" and config.dim > limit:  # --subspace none ignores --dim
+        raise UserError(f"--dim {config.dim}: this model's token space has only {limit} directions; use --dim {limit} or less (default 32)")
 
 
 # ---------------------------------------------------------------- the loop
@@ -232,9 +312,13 @@ def invert(
     config = config.resolved()
     if config.method != "cma-es":
         raise UserError(f"--method {config.method} is a gradient method: edgeinv.gradient.train runs it (needs the torch extra)")
+    check_token_text(config.token)
+    saved = load_checkpoint(out_dir, config) if resume else None  # the pictures and settings must match: check before any work
     model = model or OnnxStableDiffusion(config.model, device=config.device, threads=config.threads)
+    check_token(model.tokenizer, config.token)
+    check_dim(config, model)
     image_set = load_images(config.images, model.image_size, warn=warn)
-    token_ids = [model.tokenizer.add_token(config.token)]
+    token_ids = [model.tokenizer.add_token(name) for name in token_names(config.token, config.vectors)]
     objective = Objective(model, token_ids, config.token, config.property, chunk_size=config.chunk_size)
     cache = LatentCache.encode(model, image_set.images)
     model.release(manifest.VAE_ENCODER)  # encoded once; its activations are the largest after the UNet's
@@ -248,28 +332,27 @@ def invert(
     heldout = evaluation_set(2, config.heldout)  # only for the final choice
 
     init_start = time.time()
-    if config.init:
-        e0, ranking = word_vector(model, config.init), []
-    else:
-        e0, ranking = visual_init(objective, model, frozen, config.init_candidates)
+    e0, ranking = initial_vectors(config, objective, model, frozen)
     init_seconds = time.time() - init_start
     if ranking:
         warn(f"visual initialisation ({config.init_candidates} words ranked in {init_seconds:.1f}s): closest {', '.join(f'{w} ({l:.4f})' for w, l in ranking[:3])}")
     basis = make_basis(config.subspace, model.token_table, config.dim, config.seed)
+    search_dim = config.vectors * basis.shape[0]  # each of the token's vectors moves in its own copy of the subspace
 
     def vectors(points: np.ndarray) -> np.ndarray:
-        return (e0[None] + np.asarray(points, dtype=np.float32) @ basis)[:, None, :]
+        points = np.asarray(points, dtype=np.float32).reshape(-1, config.vectors, basis.shape[0])
+        return e0[None] + points @ basis  # [k, N, hidden]
 
-    optimizer = OPTIMIZERS[config.optimizer](np.zeros(basis.shape[0]), config.sigma0, config.popsize, config.seed)
+    optimizer = OPTIMIZERS[config.optimizer].from_config(np.zeros(search_dim), config)
     window = window_in_steps(config.dvar_window, optimizer.popsize * config.samples)
-    state = {"fingerprint": config.fingerprint(), "generation": 0, "optimizer": optimizer, "dvar": Dvar(window, config.dvar_threshold).state(),
-             "history": [], "means": {}, "unet_evaluations": 0, "seconds": 0.0}
-    if resume:
-        state = load_checkpoint(out_dir, config)
-        optimizer = state["optimizer"]
+    state = {"format": "edgeinv-checkpoint-1", "fingerprint": config.fingerprint(), "optimizer": config.optimizer, "generation": 0,
+             "told": [], "asked": [], "dvar": Dvar(window, config.dvar_threshold).state(), "history": [], "unet_evaluations": 0, "seconds": 0.0}
+    means: dict[int, np.ndarray] = {}  # generation -> optimiser mean, kept for the final choice
+    if saved is not None:
+        state = saved
+        means = replay(optimizer, state, out_dir / CHECKPOINT)
     dvar = Dvar.from_state(state["dvar"])
     history = [Generation(**g) for g in state["history"]]
-    means: dict[int, np.ndarray] = state["means"]  # generation -> optimiser mean, kept for the final choice
     objective.unet_rows = state["unet_evaluations"]
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -288,7 +371,10 @@ def invert(
         if not np.isfinite(losses).any():
             raise UserError(f"every candidate's loss is NaN/inf at generation {generation}; the model in {model.folder} gives non-finite outputs (re-export it in fp32)")
         losses = np.where(np.isfinite(losses), losses, np.nanmax(np.where(np.isfinite(losses), losses, np.nan)) * 10)
+        losses = losses.astype(np.float64)  # what the checkpoint records and `replay` tells again, bit for bit
         optimizer.tell(points, losses)
+        state["asked"].append(points_digest(points))
+        state["told"].append([float(v) for v in losses])
         deterministic = float(objective.losses(vectors(optimizer.mean[None]), frozen)[0])
         stop = dvar.update(deterministic)
         means[generation] = optimizer.mean.copy()
@@ -296,8 +382,8 @@ def invert(
                             objective.unet_rows, time.time() - run_start)
         history.append(record)
         generation += 1
-        state.update(generation=generation, optimizer=optimizer, dvar=dvar.state(), history=[asdict(g) for g in history], means=means,
-                     unet_evaluations=objective.unet_rows, seconds=record.seconds)
+        state.update(generation=generation, dvar=dvar.state(), history=[asdict(g) for g in history],
+                     unet_evaluations=objective.unet_rows, seconds=float(record.seconds))
         if out_dir is not None:
             save_checkpoint(out_dir, state)
             append_history(out_dir, record)
@@ -311,7 +397,7 @@ def invert(
     # judged on held-out noise and timesteps that neither the search nor DVAR has seen.
     ranked = sorted(means, key=lambda g: history[g].deterministic_loss)[:8]
     contenders = {f"mean@{g}": means[g] for g in sorted(set(ranked) | {max(means)})} if means else {}
-    contenders["init"] = np.zeros(basis.shape[0])
+    contenders["init"] = np.zeros(search_dim)
     names = list(contenders)
     heldout_losses = objective.losses(vectors(np.stack([contenders[n] for n in names])), heldout)
     best = int(np.argmin(heldout_losses))
@@ -325,12 +411,9 @@ def invert(
 
 
 def write_history(out_dir: Path, history: list[Generation]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".history.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    with atomic_path(out_dir / "history.jsonl") as tmp, open(tmp, "w") as f:
         for record in history:
             f.write(json.dumps(asdict(record)) + "\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out_dir / "history.jsonl")
 
 
 def append_history(out_dir: Path, record: Generation) -> None:

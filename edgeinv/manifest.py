@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 MANIFEST_NAME = "edgeinv.json"
@@ -43,22 +41,26 @@ def file_record(folder: Path, relative: str) -> dict:
 
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON so that a crash leaves either the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    from edgeinv.files import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(data, f, indent=2)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)  # mkstemp makes files private; these are ordinary outputs
-    os.replace(tmp, path)
 
 
 def read_manifest(folder: Path) -> dict | None:
     path = folder / MANIFEST_NAME
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    from edgeinv.errors import UserError
+
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path}: unreadable ({type(error).__name__}: {str(error)[:80]}); re-export the model with `edgeinv export`") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{path}: not an edgeinv manifest (empty or not a JSON object); re-export the model with `edgeinv export`")
+    return record
 
 
 def write_manifest(folder: Path, source: str, exported_with: dict, export_seconds: dict | None = None) -> dict:

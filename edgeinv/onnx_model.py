@@ -23,17 +23,60 @@ from edgeinv.tokenizer import ClipTokenizer
 DEFAULT_MODEL_NAME = "tiny-sd-shapes-onnx"
 
 
-def default_model_dir() -> Path:
-    """The shipped default model: $EDGEINV_MODEL, a source checkout's models/, or the install's share/."""
-    import sys
+def packaged_model_dir(name: str) -> Path | None:
+    """A model shipped inside the installed package (package data), in any install mode."""
+    from importlib.resources import files
 
+    try:
+        return Path(str(files("edgeinv") / name))
+    except (ModuleNotFoundError, TypeError):
+        return None
+
+
+def default_model_dir() -> Path:
+    """The shipped default model: $EDGEINV_MODEL, a source checkout's models/, or the installed package's copy."""
     if os.environ.get("EDGEINV_MODEL"):
         return Path(os.environ["EDGEINV_MODEL"])
-    candidates = [Path(__file__).resolve().parent.parent / "models" / DEFAULT_MODEL_NAME, Path(sys.prefix) / "share" / "edgeinv" / "models" / DEFAULT_MODEL_NAME]
+    candidates = [c for c in (Path(__file__).resolve().parent.parent / "models" / DEFAULT_MODEL_NAME, packaged_model_dir("default_model")) if c is not None]
     for candidate in candidates:
         if (candidate / manifest.MANIFEST_NAME).is_file():
             return candidate
     return candidates[0]
+
+
+def session_options(threads: int | None = None, arena: bool = False):
+    """ONNX Runtime options for edgeinv's sessions.
+
+    The CPU memory arena is off: it keeps freed activation blocks for reuse (reported to
+    cost 0.25-0.5 GB at an SD 1.5-shaped UNet call; benchmarks/lean_unet.py has an arena-on
+    row to confirm it). Prepacking stays on (the default): a prepacked weight replaces its
+    original instead of doubling it. External weights are memory-mapped."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    options.enable_cpu_mem_arena = arena
+    if threads:
+        options.intra_op_num_threads = threads
+    return options
+
+
+# Chunk sizing: resident memory of one UNet call ~ weights + BASE + rows x per-row activations.
+# Per row, measured on SD 1.5's shape at 64x64 latents (fused attention): ~0.23 GB, i.e. about
+# ACTIVATION_FACTOR x (latent pixels x first block width x 4 bytes); unfused attention adds the
+# [heads, tokens, tokens] score matrix of the first level.
+ACTIVATION_FACTOR = 48
+# Interpreter, numpy, ONNX Runtime, the token table and the run's arrays: SD 1.5-shaped int8,
+# `invert` at chunk 2 peaked at 2.03 GiB with 0.96 GB of graphs (benchmarks/lean_unet.py).
+BASE_BYTES = 700 * 2**20
+MAX_CHUNK = 64
+
+
+def chunk_rows(weight_bytes: int, per_row_bytes: int, max_memory_bytes: int) -> int:
+    """UNet rows per call so that weights + base + rows x per-row stays under `max_memory_bytes`."""
+    room = max_memory_bytes - weight_bytes - BASE_BYTES
+    return int(max(1, min(MAX_CHUNK, room // max(per_row_bytes, 1))))
 
 
 def available_providers(device: str = "auto") -> list[str]:
@@ -62,7 +105,7 @@ class OnnxStableDiffusion:
         self.image_size = arch["image_size"]
         self.prediction_type = self.manifest["prediction_type"]
         self.vae_scaling_factor = self.manifest["vae_scaling_factor"]
-        self.scheduler_config = json.loads((self.folder / manifest.SCHEDULER_CONFIG).read_text())
+        self.scheduler_config = read_json_config(self.folder / manifest.SCHEDULER_CONFIG)
         self.tokenizer = ClipTokenizer(self.folder / manifest.TOKENIZER_DIR)
         self.providers = available_providers(device)
         self.threads = threads
@@ -85,10 +128,13 @@ class OnnxStableDiffusion:
             raise UserError(f"{folder}: not a model folder (no {manifest.MANIFEST_NAME}); run `edgeinv export CHECKPOINT --out {folder}`")
         if record.get("format_version") != manifest.FORMAT_VERSION:
             raise UserError(f"{folder}/{manifest.MANIFEST_NAME}: format version {record.get('format_version')} is not {manifest.FORMAT_VERSION}; re-export with this edgeinv")
+        _check_manifest_fields(folder, record)
         for entry in record["files"]:
             path = folder / entry["path"]
             if not path.is_file():
                 raise UserError(f"{path}: missing from the model folder; re-export with `edgeinv export`")
+            if not os.access(path, os.R_OK):
+                raise UserError(f"{path}: not readable by this user (mode {path.stat().st_mode & 0o777:o}); ask its owner to run `chmod -R a+rX {folder}`")
             if path.stat().st_size != entry["bytes"]:
                 raise UserError(f"{path}: {path.stat().st_size} bytes, the manifest says {entry['bytes']} (truncated or from another export); re-export with `edgeinv export`")
         for required in (manifest.SCHEDULER_CONFIG, f"{manifest.TOKENIZER_DIR}"):
@@ -97,6 +143,13 @@ class OnnxStableDiffusion:
         arch = record["architecture"]
         if arch["cross_attention_dim"] != arch["hidden_size"]:
             raise UserError(f"{folder}: the UNet expects text states of width {arch['cross_attention_dim']} but the text encoder gives {arch['hidden_size']}; the files come from different models")
+        unet_config = folder / "unet" / "config.json"
+        if unet_config.is_file():
+            sample_size = read_json_config(unet_config).get("sample_size")
+            if isinstance(sample_size, int) and sample_size != arch["latent_size"]:
+                raise UserError(f"{folder / manifest.MANIFEST_NAME}: latent_size {arch['latent_size']} but the UNet's config.json says {sample_size}; re-export (or adopt) the model instead of editing the manifest")
+        if arch["image_size"] != arch["latent_size"] * arch["vae_scale_factor"]:
+            raise UserError(f"{folder / manifest.MANIFEST_NAME}: image_size {arch['image_size']} is not latent_size x vae_scale_factor; re-export the model instead of editing the manifest")
         return record
 
     # ------------------------------------------------------------ sessions
@@ -105,16 +158,39 @@ class OnnxStableDiffusion:
         if relative not in self._sessions:
             import onnxruntime as ort
 
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            options.log_severity_level = 3
-            if self.threads:
-                options.intra_op_num_threads = self.threads
+            if not os.access(self.folder / relative, os.R_OK):
+                raise UserError(f"{self.folder / relative}: not readable by this user; ask its owner to run `chmod -R a+rX {self.folder}`")
             try:
-                self._sessions[relative] = ort.InferenceSession(str(self.folder / relative), options, providers=self.providers)
+                self._sessions[relative] = ort.InferenceSession(str(self.folder / relative), session_options(self.threads), providers=self.providers)
             except Exception as error:  # onnxruntime raises its own untyped errors
                 raise UserError(f"{self.folder / relative}: ONNX Runtime cannot load it ({str(error).splitlines()[0][:200]}); re-export with `edgeinv export`") from None
         return self._sessions[relative]
+
+    def graph_bytes(self, relative: str) -> int:
+        """Bytes of one graph on disk, external data included (its weights in memory)."""
+        path = self.folder / relative
+        return sum(p.stat().st_size for p in path.parent.iterdir() if p.name == path.name or p.suffix == ".onnx_data") if path.is_file() else 0
+
+    def unet_row_bytes(self) -> int:
+        """Estimated activation memory of one UNet row at this model's latent size."""
+        config_path = self.folder / "unet" / "config.json"
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        width = (config.get("block_out_channels") or [320])[0]
+        pixels = self.latent_size**2
+        per_row = ACTIVATION_FACTOR * pixels * width * 4
+        if "MultiHeadAttention" not in str(self.manifest.get("exported_with", {}).get("attention", "")):
+            heads = config.get("attention_head_dim", 8)
+            heads = heads[0] if isinstance(heads, list) else heads
+            per_row += heads * pixels * pixels * 4 * 2  # scores and softmax, materialised
+        return per_row
+
+    def chunk_size_for(self, max_memory_gb: float) -> int:
+        """UNet rows per call that keep a run under `max_memory_gb` (at least 1)."""
+        weights = self.graph_bytes(manifest.UNET) + self.graph_bytes(manifest.TEXT_ENCODER_EMBEDS)
+        return chunk_rows(weights, self.unet_row_bytes(), int(max_memory_gb * 1e9))
+
+    def weights_exceed(self, max_memory_gb: float) -> bool:
+        return self.graph_bytes(manifest.UNET) + BASE_BYTES > max_memory_gb * 1e9
 
     def release(self, relative: str) -> None:
         """Drop a session and the memory its arena holds (the VAE encoder once latents are cached)."""
@@ -126,8 +202,14 @@ class OnnxStableDiffusion:
         if self._table is None:
             from safetensors import safe_open
 
-            with safe_open(self.folder / manifest.TOKEN_EMBEDDINGS, framework="numpy") as f:
-                self._table = f.get_tensor(manifest.TOKEN_EMBEDDINGS_KEY).astype(np.float32, copy=False)
+            path = self.folder / manifest.TOKEN_EMBEDDINGS
+            try:
+                with safe_open(path, framework="numpy") as f:
+                    self._table = f.get_tensor(manifest.TOKEN_EMBEDDINGS_KEY).astype(np.float32, copy=False)
+            except PermissionError:
+                raise UserError(f"{path}: not readable by this user; ask its owner to run `chmod -R a+rX {self.folder}`") from None
+            except Exception as error:  # safetensors raises its own error types
+                raise UserError(f"{path}: unreadable token table ({str(error)[:80]}); re-export with `edgeinv export`") from None
             if self._table.shape != (self.vocab_size, self.hidden_size):
                 raise UserError(f"{self.folder / manifest.TOKEN_EMBEDDINGS}: shape {self._table.shape}, the manifest says {(self.vocab_size, self.hidden_size)}; re-export")
         return self._table
@@ -169,7 +251,7 @@ class OnnxStableDiffusion:
             out = np.empty_like(latents)
             for t in np.unique(timesteps):
                 rows = timesteps == t
-                out[rows] = session.run(None, {"sample": latents[rows], "timestep": np.float32(t), "encoder_hidden_states": text_states[rows]})[0]
+                out[rows] = session.run(None, {"sample": latents[rows], "timestep": np.asarray(t, dtype=np.float32), "encoder_hidden_states": text_states[rows]})[0]
             return out
         dtype = np.int64 if "int64" in timestep_input.type else np.float32
         return session.run(None, {"sample": latents.astype(np.float32, copy=False), "timestep": timesteps.astype(dtype), "encoder_hidden_states": text_states.astype(np.float32, copy=False)})[0]
@@ -183,6 +265,40 @@ class OnnxStableDiffusion:
     def vae_decode(self, latents: np.ndarray) -> np.ndarray:
         """Scaled latents -> images [b, 3, H, W] in [-1, 1]."""
         return self.session(manifest.VAE_DECODER).run(None, {"latent_sample": (latents / self.vae_scaling_factor).astype(np.float32)})[0]
+
+
+def read_json_config(path: Path) -> dict:
+    """A JSON object from a model folder, or a one-line error naming the file."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing from the model folder; re-export with `edgeinv export`") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path}: unreadable ({type(error).__name__}: {str(error)[:80]}); re-export the model with `edgeinv export`") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: not a JSON object; re-export the model with `edgeinv export`")
+    return data
+
+
+def _check_manifest_fields(folder: Path, record: dict) -> None:
+    """Every field a run reads, with the right type: a damaged or hand-edited manifest is one clear line."""
+    path = folder / manifest.MANIFEST_NAME
+    arch = record.get("architecture")
+    wanted = ("vocab_size", "hidden_size", "cross_attention_dim", "latent_channels", "latent_size", "image_size", "vae_scale_factor")
+    problems = []
+    if not isinstance(arch, dict):
+        problems.append("architecture")
+    else:
+        problems += [f"architecture.{k}" for k in wanted if not isinstance(arch.get(k), int) or isinstance(arch.get(k), bool) or arch.get(k) <= 0]
+    if record.get("prediction_type") not in ("epsilon", "v_prediction"):
+        problems.append("prediction_type")
+    if not isinstance(record.get("vae_scaling_factor"), (int, float)) or not np.isfinite(record.get("vae_scaling_factor")) or record.get("vae_scaling_factor") <= 0:
+        problems.append("vae_scaling_factor")
+    files = record.get("files")
+    if not isinstance(files, list) or not all(isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("bytes"), int) for f in files):
+        problems.append("files")
+    if problems:
+        raise UserError(f"{path}: missing or invalid {', '.join(problems[:4])}; re-export the model with `edgeinv export`")
 
 
 def lookup_token_vectors(table: np.ndarray, learned: dict[int, np.ndarray], ids: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from edgeinv.files import atomic_path
 from edgeinv.generate import generate, image_grid
 from edgeinv.manifest import write_json_atomic
 
@@ -60,20 +61,18 @@ def plot_loss(path: Path, values: list[float], stop: int | None, title: str, siz
             x = float(xs[stop])
             draw.line([(x, top), (x, height - bottom)], fill="#d62728", width=2)
             draw.text((min(x + 4, width - 90), top + 4), f"stop @ {stop}", fill="#d62728")
-    tmp = path.with_suffix(".tmp.png")
-    image.save(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
 
 
-def write_samples(path: Path, model, token: str, property: str, seed: int, steps: int = 25) -> None:
+def write_samples(path: Path, model, token: str, property: str, seed: int, steps: int = 25, multi_vector_tokens: dict[str, int] | None = None) -> None:
     images = []
     for i, template in enumerate(SAMPLE_PROMPTS[property]):
-        images.extend(generate(model, template.format(token), steps=steps, n=2, seed=seed + i))
+        images.extend(generate(model, template.format(token), steps=steps, n=2, seed=seed + i, multi_vector_tokens=multi_vector_tokens))
     grid = image_grid(images, columns=4)
     scale = max(1, 256 // images[0].shape[0])
     picture = Image.fromarray(grid)
     if scale > 1:
         picture = picture.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST)
-    tmp = path.with_suffix(".tmp.png")
-    picture.save(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        picture.save(tmp, format="PNG")

@@ -9,6 +9,9 @@ A candidate z in R^d becomes the token vector  e = e0 + z @ basis  (basis [d, hi
   directions make sigma0 model-dependent).
 - `random_basis`: Black-Box Tuning's alternative, A ~ N(0, (alpha * sigma_vocab /
   (sqrt(d) * sigma0))^2), so a standard-normal z moves e by about alpha vocabulary spreads.
+- `full_basis` (`--subspace none`): no subspace, the whole embedding; the identity with each
+  coordinate scaled by its standard deviation over the vocabulary (d = hidden size), so
+  step sizes keep the same meaning as with the PCA basis.
 """
 
 from __future__ import annotations
@@ -35,9 +38,15 @@ def random_basis(table: np.ndarray, dim: int, seed: int, alpha: float = 1.0, sig
     return (np.random.default_rng(seed).standard_normal((dim, table.shape[1])) * scale).astype(np.float32)
 
 
+def full_basis(table: np.ndarray) -> np.ndarray:
+    return np.diag(np.asarray(table, dtype=np.float64).std(axis=0)).astype(np.float32)
+
+
 def make_basis(kind: str, table: np.ndarray, dim: int, seed: int) -> np.ndarray:
     if kind == "pca":
         return pca_basis(table, dim, seed=seed)[0]
     if kind == "random":
         return random_basis(table, dim, seed)
-    raise ValueError(f"unknown subspace {kind!r} (pca, random)")
+    if kind == "none":
+        return full_basis(table)
+    raise ValueError(f"unknown subspace {kind!r} (pca, random, none)")

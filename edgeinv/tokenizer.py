@@ -42,14 +42,21 @@ class ClipTokenizer:
 
     def __init__(self, folder: str | Path, max_length: int = 77):
         folder = Path(folder)
-        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-            self._tokenizer = _clip_from_vocab_and_merges(folder)
-        elif (folder / "tokenizer.json").is_file():
-            self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        else:
-            raise UserError(f"{folder}: no tokenizer (expected vocab.json + merges.txt, or tokenizer.json); re-export the model with `edgeinv export`")
-        config_path = folder / "tokenizer_config.json"
-        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        try:
+            if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+                self._tokenizer = _clip_from_vocab_and_merges(folder)
+            elif (folder / "tokenizer.json").is_file():
+                self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            else:
+                raise UserError(f"{folder}: no tokenizer (expected vocab.json + merges.txt, or tokenizer.json); re-export the model with `edgeinv export`")
+            config_path = folder / "tokenizer_config.json"
+            config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+            if not isinstance(config, dict):
+                raise ValueError("tokenizer_config.json is not a JSON object")
+        except UserError:
+            raise
+        except Exception as error:  # JSON, permissions, or the tokenizers library's own errors
+            raise UserError(f"{folder}: unreadable tokenizer ({type(error).__name__}: {str(error).splitlines()[0][:80] if str(error) else ''}); re-export the model with `edgeinv export`") from None
         self.max_length = int(min(config.get("model_max_length", max_length), max_length))
         pad = config.get("pad_token", "<|endoftext|>")
         pad = pad["content"] if isinstance(pad, dict) else pad
@@ -74,7 +81,7 @@ class ClipTokenizer:
 
     def add_token(self, token: str) -> int:
         """Add a learned token (e.g. "<my-cat>") as one unsplittable word; returns its id."""
-        if self.in_vocabulary(token):
+        if self.in_vocabulary(token) or self._tokenizer.token_to_id(token) is not None:
             raise UserError(f"token {token!r} is already a word of the vocabulary; pick another, e.g. '<{token.strip('<>')}-v1>'")
         self._tokenizer.add_tokens([AddedToken(token, single_word=False, normalized=False)])
         self.added.append(token)

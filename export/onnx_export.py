@@ -1,8 +1,10 @@
 """Turn a diffusers Stable Diffusion pipeline into edgeinv's ONNX folder (optimum's layout + extras).
 
-Each component is traced with torch.onnx's TorchScript exporter (the fastest here, and ONNX
-Runtime's transformer optimizer understands its graphs). Graphs over protobuf's 2 GB limit
-are gathered into one `model.onnx_data` file beside `model.onnx`.
+Each component is traced with torch.onnx's TorchScript exporter (the fastest here). The
+UNet's and VAE's attention layers are written as ONNX Runtime's fused
+`com.microsoft.MultiHeadAttention` (export/fused_attention.py: flash attention on CPU, no
+materialised score matrix). Graphs over protobuf's 2 GB limit are gathered into one
+`model.onnx_data` file beside `model.onnx`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from safetensors.numpy import save_file
 
 from edgeinv import manifest
 from edgeinv.onnx_surgery import point_initializer_at_safetensors
+from edgeinv_export.fused_attention import DOMAIN as FUSED_DOMAIN, fused_attention
 
 OPSET = 17
 TWO_GB = 2**31 - 1
@@ -103,6 +106,7 @@ def _export(module: torch.nn.Module, args: tuple, path: Path, input_names: list[
             torch.onnx.export(
                 module, args, str(raw), input_names=input_names, output_names=output_names,
                 dynamic_axes=dynamic_axes, opset_version=OPSET, do_constant_folding=True, dynamo=False,
+                custom_opsets={FUSED_DOMAIN: 1},
             )
         model = onnx.load(str(raw), load_external_data=True)
         # ByteSize() itself fails past 2 GB, so add up the weights instead.
@@ -122,8 +126,18 @@ def _save_config(module, folder: Path) -> None:
     (folder / "config.json").write_text(json.dumps(data, indent=2, default=str))
 
 
-def export_pipeline(pipeline, out: Path, source: str, sample_batch: int = 2) -> dict:
-    """Write the ONNX folder for `pipeline` into `out`; returns export seconds per graph."""
+def export_pipeline(pipeline, out: Path, source: str, sample_batch: int = 2, fused: bool = True) -> dict:
+    """Write the ONNX folder for `pipeline` into `out`; returns export seconds per graph.
+
+    `fused`: UNet and VAE attention as com.microsoft.MultiHeadAttention (False: the plain
+    MatMul/Softmax graph that any ONNX runtime can run, as edgeinv exported before)."""
+    if not fused:
+        return _export_pipeline(pipeline, out, source, sample_batch, attention="matmul-softmax")
+    with fused_attention(pipeline.unet, pipeline.vae):
+        return _export_pipeline(pipeline, out, source, sample_batch, attention=f"{FUSED_DOMAIN}.MultiHeadAttention")
+
+
+def _export_pipeline(pipeline, out: Path, source: str, sample_batch: int, attention: str) -> dict:
     torch.manual_seed(0)
     pipeline.unet.eval()
     pipeline.vae.eval()
@@ -209,7 +223,7 @@ def export_pipeline(pipeline, out: Path, source: str, sample_batch: int = 2) -> 
     }
     (out / "model_index.json").write_text(json.dumps(model_index, indent=2))
 
-    exported_with = {"torch": torch.__version__, "diffusers": _version("diffusers"), "transformers": _version("transformers"), "opset": OPSET}
+    exported_with = {"torch": torch.__version__, "diffusers": _version("diffusers"), "transformers": _version("transformers"), "opset": OPSET, "attention": attention}
     manifest.write_manifest(out, source, exported_with, seconds)
     return seconds
 

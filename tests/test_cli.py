@@ -55,3 +55,19 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path):
 def test_generate_never_imports_torch(tmp_path):
     done = run_cli_without_torch(["generate", "a blue star", "--steps", "2", "-n", "1", "--out", tmp_path / "x.png"])
     assert done.returncode == 0 and "torch-free" in done.stdout, done.stderr
+
+
+def test_install_hints_keep_their_brackets(tmp_path):
+    """rich must not swallow `[torch]` as markup."""
+    script = ("import sys\nsys.modules['torch'] = None\nfrom edgeinv.cli import main\n"
+              f"sys.argv = ['edgeinv', 'invert', 'examples/orange-star', '--method', 'ti', '--out', {str(tmp_path / 'run')!r}]\nmain()")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 2 and "'edgeinv[torch]'" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_base_install_invert_prints_no_matplotlib_warning(tmp_path):
+    """pycma warns when matplotlib is missing (the base install); edgeinv silences it."""
+    script = ("import sys\nsys.modules['matplotlib'] = None\nsys.modules['matplotlib.pyplot'] = None\n"
+              "from edgeinv.optimizers import CmaEs\nCmaEs([0.0, 0.0], 1.0, 4, 0)\nprint('ok')")
+    done = subprocess.run([sys.executable, "-W", "default", "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0 and "matplotlib" not in done.stderr, done.stderr

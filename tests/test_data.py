@@ -96,3 +96,53 @@ def test_captions_cycle_through_templates():
     texts = captions("<x>", "object", 20)
     assert texts[0] == "a photo of a <x>" and len(set(texts)) == 18 and texts[18] == texts[0]
     assert captions("<s>", "style", 1) == ["a painting in the style of <s>"]
+
+
+def test_32_bit_integer_tiff_keeps_its_contrast(tmp_path, warnings_seen):
+    values = np.zeros((80, 80), np.int32)
+    values[:, 40:] = 5_000_000  # a mode-I TIFF far past 16 bits: right half bright, left half dark
+    Image.fromarray(values, "I").save(tmp_path / "deep.tif")
+    image = load_images(tmp_path, 64, warn=warnings_seen.append).images[0]
+    assert image[32, 5].max() < 10 and image[32, 60].min() > 245  # not all white
+
+
+def test_symlink_loop_is_named(tmp_path, warnings_seen):
+    import os
+
+    for i in range(3):
+        save(tmp_path / f"good{i}.png", Image.new("RGB", (64, 64), (i * 50, 0, 0)))
+    os.symlink(tmp_path / "loop.png", tmp_path / "loop.png")
+    result = load_images(tmp_path, 64, warn=warnings_seen.append)
+    assert len(result.paths) == 3
+    assert any("loop.png" in w and "symbolic link" in w for w in warnings_seen), warnings_seen
+
+
+@pytest.mark.parametrize("kind", ["cmyk-jpeg", "16-bit-png", "animated-png", "animated-webp", "palette-transparent"])
+def test_odd_but_valid_pictures_are_used(tmp_path, warnings_seen, kind):
+    red = Image.new("RGB", (80, 80), (200, 10, 10))
+    if kind == "cmyk-jpeg":
+        save(tmp_path / "a.jpg", red.convert("CMYK"))
+    elif kind == "16-bit-png":
+        save(tmp_path / "a.png", Image.fromarray(np.full((80, 80), 60000, np.uint16)))
+    elif kind.startswith("animated"):
+        frames = [red, Image.new("RGB", (80, 80), (10, 200, 10))]
+        save(tmp_path / ("a.png" if kind.endswith("png") else "a.webp"), frames[0], save_all=True, append_images=frames[1:], duration=100)
+    else:
+        save(tmp_path / "a.png", red.convert("P"), transparency=0)
+    result = load_images(tmp_path, 64, warn=warnings_seen.append)
+    assert result.images.shape == (1, 64, 64, 3) and not result.skipped, warnings_seen
+
+
+def test_images_digest_follows_the_bytes_not_the_path(tmp_path):
+    import shutil
+
+    from edgeinv.data import images_digest
+
+    a = tmp_path / "a"
+    a.mkdir()
+    save(a / "1.png", Image.new("RGB", (64, 64), (1, 2, 3)))
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    assert images_digest(a) == images_digest(b)
+    save(b / "1.png", Image.new("RGB", (64, 64), (1, 2, 4)))
+    assert images_digest(a) != images_digest(b)

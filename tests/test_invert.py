@@ -72,7 +72,7 @@ def test_run_folder_has_every_output(concept, tmp_path):
     done = subprocess.run([sys.executable, "-m", "edgeinv.cli", "invert", str(concept), "--out", str(out), "--token", "<orange-thing>",
                            *[a for a in CLI_FAST if a != "--no-samples"]], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    for name in ("learned_embeds.safetensors", "orange-thing.safetensors", "config.json", "history.jsonl", "loss.png", "samples.png", "checkpoint.pkl"):
+    for name in ("learned_embeds.safetensors", "orange-thing.safetensors", "config.json", "history.jsonl", "loss.png", "samples.png", "checkpoint.json"):
         assert (out / name).is_file(), name
     embeds = load_file(str(out / "learned_embeds.safetensors"))
     assert list(embeds) == ["<orange-thing>"] and embeds["<orange-thing>"].ndim == 1

@@ -25,10 +25,11 @@ from edgeinv.tokenizer import ClipTokenizer
 def default_torch_model_dir() -> Path:
     """The shipped tiny model in diffusers layout (repository checkout or installed copy)."""
     import os
-    import sys
+
+    from edgeinv.onnx_model import packaged_model_dir
 
     candidates = [Path(os.environ["EDGEINV_TORCH_MODEL"])] if os.environ.get("EDGEINV_TORCH_MODEL") else []
-    candidates += [Path(__file__).resolve().parents[2] / "models" / "tiny-sd-shapes", Path(sys.prefix) / "share" / "edgeinv" / "models" / "tiny-sd-shapes"]
+    candidates += [c for c in (Path(__file__).resolve().parents[2] / "models" / "tiny-sd-shapes", packaged_model_dir("default_torch_model")) if c is not None]
     for candidate in candidates:
         if (candidate / "model_index.json").is_file():
             return candidate

@@ -34,7 +34,8 @@ import torch
 
 from edgeinv.data import load_images
 from edgeinv.errors import UserError
-from edgeinv.invert import InvertConfig, InvertResult, append_history, read_checkpoint, visual_init, word_vector, write_atomically, write_history
+from edgeinv.embedding_files import token_names
+from edgeinv.invert import InvertConfig, InvertResult, append_history, initial_vectors, read_checkpoint, write_atomically, write_history
 from edgeinv.objective import EvaluationSet, LatentCache, Objective, draw_evaluation_set, timestep_range
 from edgeinv.stopping import Dvar, window_in_steps
 from edgeinv.gradient.torch_model import TorchStableDiffusion
@@ -88,7 +89,7 @@ class TextualInversion:
     def __init__(self, model: TorchStableDiffusion, config: InvertConfig, e0: np.ndarray):
         self.model = model
         self.config = config
-        self.token = torch.nn.Parameter(torch.from_numpy(np.asarray(e0, dtype=np.float32).reshape(1, -1).copy()).to(model.device))
+        self.token = torch.nn.Parameter(torch.from_numpy(np.atleast_2d(np.asarray(e0, dtype=np.float32)).copy()).to(model.device))  # [N, hidden]
 
     def parameter_groups(self) -> list[dict]:
         return [{"params": [self.token], "lr": self.config.lr, "weight_decay": 1e-2}]
@@ -186,11 +187,17 @@ def _save_atomically(out_dir: Path, name: str, write: Callable[[str], None]) -> 
 
 
 def save_checkpoint(out_dir: Path, state: dict) -> None:
+    """Tensors, numbers, strings, lists and dicts only, so it loads with `weights_only=True`."""
     write_atomically(out_dir / CHECKPOINT, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(out_dir: Path, config: InvertConfig) -> dict:
-    return read_checkpoint(out_dir / CHECKPOINT, config, lambda f: torch.load(f, map_location="cpu", weights_only=False))
+    """Never unpickles code: torch's weights-only loader refuses anything but tensors and plain data."""
+    state = read_checkpoint(out_dir / CHECKPOINT, config, lambda f: torch.load(f, map_location="cpu", weights_only=True))
+    required = ("step", "optimizer", "trainables", "dvar", "history", "snapshots", "unet_evaluations", "seconds")
+    if any(k not in state for k in required) or not isinstance(state["snapshots"], dict):
+        raise UserError(f"{out_dir / CHECKPOINT}: damaged checkpoint (missing fields); delete it and start again without --resume")
+    return state
 
 
 # ---------------------------------------------------------------- the loop
@@ -226,10 +233,11 @@ def train(
     if config.method not in METHODS:
         raise UserError(f"--method {config.method}: not a gradient method ({', '.join(METHODS)})")
     torch.manual_seed(config.seed)
+    saved = load_checkpoint(out_dir, config) if resume else None  # settings and pictures must match: check before any work
     model = model or TorchStableDiffusion(config.model, device=config.device)
     precision = autocast(config, model.device)  # refuses fp16 without CUDA before any work
     image_set = load_images(config.images, model.image_size, warn=warn)
-    token_ids = [model.tokenizer.add_token(config.token)]
+    token_ids = [model.tokenizer.add_token(name) for name in token_names(config.token, config.vectors)]
     objective = Objective(model, token_ids, config.token, config.property, chunk_size=config.chunk_size)
     cache = LatentCache.encode(model, image_set.images)
     steps = timestep_range(*config.timesteps, int(model.scheduler_config.get("num_train_timesteps", 1000)))
@@ -243,10 +251,8 @@ def train(
     heldout = evaluation_set(cache, 2, config.heldout)
 
     init_start = time.time()
-    if config.init:
-        e0, ranking = word_vector(model, config.init), []
-    else:
-        e0, ranking = visual_init(objective, model, frozen, config.init_candidates)
+    e0, ranking = initial_vectors(config, objective, model, frozen)  # [N, hidden]
+    if ranking:
         warn(f"visual initialisation ({config.init_candidates} words ranked in {time.time() - init_start:.1f}s): closest {', '.join(f'{w} ({l:.4f})' for w, l in ranking[:3])}")
     init_seconds = time.time() - init_start
 
@@ -257,7 +263,7 @@ def train(
         prior_cache = LatentCache.encode(model, prior_pictures(model, class_word, config.prior_images, config.seed))
         prior = (prior_objective, prior_cache)
 
-    init_heldout = float(objective.losses(np.asarray(e0, dtype=np.float32).reshape(1, 1, -1), heldout)[0])  # before any weight moves
+    init_heldout = float(objective.losses(np.asarray(e0, dtype=np.float32)[None], heldout)[0])  # before any weight moves
     method = METHODS[config.method](model, config, e0)
     optimizer = torch.optim.AdamW(method.parameter_groups())
     scaler = torch.amp.GradScaler("cuda") if config.mixed_precision == "fp16" else None
@@ -266,8 +272,8 @@ def train(
     history: list[Step] = []
     snapshots: dict[int, np.ndarray] = {}  # step -> token vector (textual inversion's final choice)
     step, unet_rows, seconds_before = 0, 0, 0.0
-    if resume:
-        state = load_checkpoint(out_dir, config)
+    if saved is not None:
+        state = saved
         with torch.no_grad():
             for name, tensor in method.trainables().items():
                 tensor.copy_(state["trainables"][name])
@@ -276,7 +282,8 @@ def train(
             scaler.load_state_dict(state["scaler"])
         dvar = Dvar.from_state(state["dvar"])
         history = [Step(**s) for s in state["history"]]
-        snapshots, step, unet_rows, seconds_before = state["snapshots"], state["step"], state["unet_evaluations"], state["seconds"]
+        snapshots = {int(s): t.numpy() for s, t in state["snapshots"].items()}
+        step, unet_rows, seconds_before = int(state["step"]), int(state["unet_evaluations"]), float(state["seconds"])
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_history(out_dir, history)
@@ -286,7 +293,7 @@ def train(
             save_checkpoint(out_dir, {
                 "fingerprint": config.fingerprint(), "step": step, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "trainables": {n: t.detach().cpu().clone() for n, t in method.trainables().items()}, "dvar": dvar.state(),
-                "history": [asdict(s) for s in history], "snapshots": snapshots, "unet_evaluations": unet_rows, "seconds": history[-1].seconds if history else 0.0,
+                "history": [asdict(s) for s in history], "snapshots": {s: torch.from_numpy(v) for s, v in snapshots.items()}, "unet_evaluations": unet_rows, "seconds": history[-1].seconds if history else 0.0,
             })
 
     stopped_by = "budget"
@@ -337,7 +344,7 @@ def train(
     if config.method == "ti":  # choose among the best snapshots by held-out loss, as the forward-only method does
         ranked = sorted(snapshots, key=lambda s: history[s].deterministic_loss)[:8]
         contenders = {f"step@{s}": snapshots[s] for s in sorted(set(ranked) | {max(snapshots)})} if snapshots else {}
-        contenders["init"] = np.asarray(e0, dtype=np.float32).reshape(1, -1)
+        contenders["init"] = np.asarray(e0, dtype=np.float32)
     else:  # the token and the weights learned together: keep the last pair
         contenders = {f"step@{step - 1}": method.token.detach().float().cpu().numpy().copy()}
     names = list(contenders)
