@@ -84,7 +84,7 @@ def main() -> None:
 @click.option("--config", help="for single-file checkpoints offline: a diffusers folder (or hub id) of the same architecture")
 @click.option("--overwrite", is_flag=True, help="replace an --out that holds a different model or other files")
 @click.option("--quantize", type=click.Choice(["int8", "int4"]), default=None,
-              help="weight-only quantisation (MatMul 8/4-bit, Conv int8): about 1/3 of the memory; refused below cosine 0.999 to fp32")
+              help="weight-only quantisation (MatMul 8/4-bit, Conv int8): about 1/4 of the weights' memory; refused below cosine 0.999 to fp32")
 @click.option("--min-cosine", default=0.999, show_default=True, type=click.FloatRange(0, 1), help="with --quantize: refuse a graph whose output cosine to fp32 is lower")
 def export(source: str, out: Path | None, config: str | None, overwrite: bool, quantize: str | None, min_cosine: float) -> None:
     """Convert a checkpoint to edgeinv's ONNX folder (optimum's layout + inversion extras).
@@ -169,9 +169,11 @@ def export(source: str, out: Path | None, config: str | None, overwrite: bool, q
         if quantize:
             from edgeinv.quantize import describe, quantize_folder
 
+            cosines: list[str] = []  # shown once the export is accepted: a refusal stays one line
             with status(f"quantising to {quantize}"):
-                record = quantize_folder(fp32, tmp, quantize, min_cosine=min_cosine, source_label=source,
-                                         log=lambda line: console.print(f"  {escape(line)}", highlight=False, soft_wrap=True))
+                record = quantize_folder(fp32, tmp, quantize, min_cosine=min_cosine, source_label=source, log=cosines.append)
+            for line in cosines:
+                console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
             done = f"[green]quantised[/] {escape(str(out))} in {time.time() - start:.1f}s: {describe(record)}"
     console.print(done, highlight=False, soft_wrap=True)
 

@@ -123,6 +123,10 @@ class InvertConfig:
             raise UserError(f"--optimizer {self.optimizer}: unknown; choose one of {', '.join(OPTIMIZERS)}")
         if self.optimizer != "cma-es" and self.method != "cma-es":
             raise UserError(f"--optimizer {self.optimizer} is for the forward-only method; --method {self.method} trains with AdamW")
+        zo_only = ("probes", "mu") if self.method != "cma-es" or self.optimizer != "cma-es" else ("probes", "mu", "lr")
+        if self.optimizer != "zo-sgd" and (given := [name for name in zo_only if getattr(self, name) is not None]):
+            raise UserError(f"--{given[0]} does nothing with {'--method ' + self.method if self.method != 'cma-es' else 'cma-es'}; "
+                            "it is a zo-sgd option: add --optimizer zo-sgd or leave it out")
         own_defaults = self.method == "cma-es" and self.optimizer in OPTIMIZER_DEFAULTS  # zo-sgd; cma-es: the method's
         defaults = asdict(OPTIMIZER_DEFAULTS[self.optimizer] if own_defaults else METHOD_DEFAULTS[self.method])
         if self.images_sha256 is None:

@@ -210,6 +210,8 @@ CASES = {
     "vectors-zero": lambda t, c, r, m: case(["invert", c, "--vectors", "0", *FAST], "--vectors"),
     "mu-zero": lambda t, c, r, m: case(["invert", c, "--optimizer", "zo-sgd", "--mu", "0", *FAST], "--mu"),
     "probes-zero": lambda t, c, r, m: case(["invert", c, "--optimizer", "zo-sgd", "--probes", "0", *FAST], "--probes"),
+    "probes-with-cma-es": lambda t, c, r, m: case(["invert", c, "--probes", "8", "--out", t / "run", *FAST], "zo-sgd option"),
+    "lr-with-cma-es": lambda t, c, r, m: case(["invert", c, "--lr", "0.5", "--out", t / "run", *FAST], "zo-sgd option"),
     # ---- invert: --out
     "out-existing-file": lambda t, c, r, m: (lambda f: case(["invert", c, "--out", f, *FAST], "existing file", [f]))(picture(t / "keep.png")),
     "out-inside-a-file": lambda t, c, r, m: (lambda f: case(["invert", c, "--out", f / "run", *FAST], "is a file", [f]))(picture(t / "keep.png")),
