@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -46,7 +47,6 @@ from edgeinv.invert import InvertConfig, invert
 from edgeinv.objective import LatentCache, Objective, draw_evaluation_set
 from edgeinv.onnx_model import OnnxStableDiffusion
 from edgeinv.optimizers import CmaEs
-from edgeinv.subspace import pca_basis
 
 BLENDS = [("red", "yellow"), ("red", "blue"), ("blue", "green"), ("yellow", "green"), ("purple", "red"),
           ("blue", "yellow"), ("green", "purple"), ("yellow", "purple"), ("red", "green"), ("blue", "purple")]
@@ -89,6 +89,18 @@ class Recovery:
     def __call__(self, vector: np.ndarray) -> float:
         loss = self.objective.losses(np.asarray(vector).reshape(1, -1), self.evaluation)[0]
         return float((self.l_start - loss) / (self.l_start - self.l_planted))
+
+
+def planted_concept(model_dir, workdir, index: int, a: str, b: str):
+    """Concept `index`, the blend of colour words a and b: (model, planted vector, start vector,
+    picture folder, pictures, the colour the checker reads in them, its Recovery)."""
+    model = OnnxStableDiffusion(model_dir)
+    planted = 0.5 * (word(model, a) + word(model, b))
+    start = word(model, START_WORD)
+    folder = Path(workdir) / f"{a}-{b}"
+    images = plant(model, planted, folder, seed=index)
+    planted_color = majority([shapes.read_image(im) for im in images])[0]
+    return model, planted, start, folder, images, planted_color, Recovery(model, images, planted, start, seed=index)
 
 
 def checker_color(model, vector: np.ndarray, seed: int) -> str | None:
@@ -156,19 +168,11 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/edgeinv-planted")
     args = parser.parse_args()
 
-    from pathlib import Path
-
     if args.compare_model:
         return compare(args)
     rows = []
     for index, (a, b) in enumerate(BLENDS[: args.concepts]):
-        model = OnnxStableDiffusion(args.model)
-        planted = 0.5 * (word(model, a) + word(model, b))
-        start = word(model, START_WORD)
-        folder = Path(args.workdir) / f"{a}-{b}"
-        images = plant(model, planted, folder, seed=index)
-        planted_color = majority([shapes.read_image(im) for im in images])[0]
-        recovery = Recovery(model, images, planted, start, seed=index)
+        model, planted, start, folder, images, planted_color, recovery = planted_concept(args.model, args.workdir, index, a, b)
 
         ours = invert(InvertConfig(images=str(folder), init=[START_WORD], seed=index, token=f"<ours-{index}>"), warn=lambda m: None, model=model)
         full = invert(InvertConfig(images=str(folder), init=[START_WORD], seed=index, token=f"<full-{index}>", budget=args.budget, dvar_threshold=-1.0),
@@ -223,19 +227,11 @@ def main() -> None:
 
 def compare(args) -> None:
     """edgeinv invert on --model and on --compare-model from the same planted pictures."""
-    from pathlib import Path
-
     other = OnnxStableDiffusion(args.compare_model)
     label = (other.manifest.get("quantization") or {}).get("scheme", "compared")
     rows = []
     for index, (a, b) in enumerate(BLENDS[: args.concepts]):
-        model = OnnxStableDiffusion(args.model)
-        planted = 0.5 * (word(model, a) + word(model, b))
-        start = word(model, START_WORD)
-        folder = Path(args.workdir) / f"{a}-{b}"
-        images = plant(model, planted, folder, seed=index)
-        planted_color = majority([shapes.read_image(im) for im in images])[0]
-        recovery = Recovery(model, images, planted, start, seed=index)
+        model, planted, start, folder, images, planted_color, recovery = planted_concept(args.model, args.workdir, index, a, b)
         row = {"concept": f"{a}+{b}", "planted_color": planted_color}
         for key, runner in (("base", model), ("other", OnnxStableDiffusion(args.compare_model))):
             result = invert(InvertConfig(images=str(folder), init=[START_WORD], seed=index, token=f"<{key}-{index}>"), warn=lambda m: None, model=runner)

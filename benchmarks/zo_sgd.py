@@ -15,16 +15,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
-import numpy as np
-
-from edgeinv import shapes
 from edgeinv.invert import InvertConfig, invert
-from edgeinv.onnx_model import OnnxStableDiffusion
 from edgeinv.stopping import variance_ratio, window_in_steps
 
-from planted_concepts import BLENDS, START_WORD, Recovery, checker_color, majority, plant, word
+from planted_concepts import BLENDS, START_WORD, checker_color, planted_concept
 
 WINDOWS = (2000, 4000, 8000)  # UNet sample-evaluations
 THRESHOLDS = (0.15, 0.3)
@@ -56,13 +51,7 @@ def main() -> None:
     args = parser.parse_args()
 
     for index, (a, b) in list(enumerate(BLENDS[: args.concepts]))[args.first :]:
-        model = OnnxStableDiffusion(args.model)
-        planted = 0.5 * (word(model, a) + word(model, b))
-        start = word(model, START_WORD)
-        folder = Path(args.workdir) / f"{a}-{b}"
-        images = plant(model, planted, folder, seed=index)
-        planted_color = majority([shapes.read_image(im) for im in images])[0]
-        recovery = Recovery(model, images, planted, start, seed=index)
+        model, planted, start, folder, images, planted_color, recovery = planted_concept(args.model, args.workdir, index, a, b)
         base = dict(images=str(folder), init=[START_WORD], seed=index)
         print(f"\n## {a}+{b} (planted colour {planted_color})\n", flush=True)
         print("| run | R | draws | stopped by | generations / steps | UNet evaluations | wall (s) |")
