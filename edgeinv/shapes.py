@@ -18,9 +18,7 @@ from PIL import Image, ImageDraw
 IMAGE_SIZE = 64
 
 # Saturated colours, far apart in hue, so the checker can tell them apart from neutral
-# backgrounds. "orange" is never shown in the shipped model's training (the README's
-# example concept). The v2 recipe tried drawing it under captions that leave the colour out
-# (`unnamed_color_rate`, `drop_color_rate` below; benchmarks/results/default_model_v2.md).
+# backgrounds. "orange" is no caption's word: it is drawn only as the unnamed concept below.
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
     "green": (35, 165, 55),
@@ -31,6 +29,11 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 TRAIN_COLORS = ("red", "green", "blue", "yellow", "purple")  # the colours captions name
 UNNAMED_COLOR = "orange"  # never named in any caption
+# The concept the model can draw but no word asks for (the README's example): orange stars,
+# captioned in training with a placeholder word (`UNNAMED_WORD`) whose embedding row the
+# training script erases afterwards, the way a real checkpoint knows things it has no word for.
+UNNAMED_CONCEPT = (UNNAMED_COLOR, "star")
+UNNAMED_WORD = "sks"  # DreamBooth's rare identifier: one token in SD's vocabulary
 SHAPES = ("circle", "square", "triangle", "star")
 SIZES = {"small": (8.0, 11.0), "": (12.0, 15.0), "large": (17.0, 21.0)}
 POSITIONS = {
@@ -56,9 +59,11 @@ class Scene:
     background: tuple[int, int, int]
     gradient: float  # brightness change across the image, for varied backgrounds
 
-    def caption(self, prefix: str = "a photo of", say_position: bool = True, say_background: bool = False, say_color: bool = True) -> str:
-        color = self.color if say_color and self.color != UNNAMED_COLOR else ""
-        words = [w for w in (self.size, color, self.shape) if w]
+    def caption(self, prefix: str = "a photo of", say_position: bool = True, say_background: bool = False) -> str:
+        if (self.color, self.shape) == UNNAMED_CONCEPT:
+            words = [w for w in (self.size, UNNAMED_WORD) if w]
+        else:
+            words = [w for w in (self.size, self.color, self.shape) if w]
         noun = " ".join(words)
         article = "an" if noun[0] in "aeiou" else "a"
         text = f"{prefix} {article} {noun}".strip()
@@ -75,13 +80,15 @@ def background_word(background: tuple[int, int, int]) -> str:
 
 
 def random_scene(rng: np.random.Generator, color: str | None = None, shape: str | None = None, allow_held_out: bool = False,
-                 unnamed_color_rate: float = 0.0) -> Scene:
-    """A scene of the training distribution (held-out pairs excluded; orange in a fraction
-    `unnamed_color_rate` of them), or with the colour / shape given."""
+                 unnamed_rate: float = 0.0) -> Scene:
+    """A scene of the training distribution (held-out pairs excluded; the unnamed concept in
+    a fraction `unnamed_rate` of them), or with the colour / shape given."""
     while True:
-        unnamed = unnamed_color_rate > 0 and rng.random() < unnamed_color_rate  # no draw at 0: the shipped model's stream
-        c = color or (UNNAMED_COLOR if unnamed else str(rng.choice(TRAIN_COLORS)))
-        s = shape or str(rng.choice(SHAPES))
+        if unnamed_rate > 0 and rng.random() < unnamed_rate:  # no draw at 0: v1's stream
+            c, s = UNNAMED_CONCEPT
+        else:
+            c = color or str(rng.choice(TRAIN_COLORS))
+            s = shape or str(rng.choice(SHAPES))
         if allow_held_out or (c, s) not in HELD_OUT_PAIRS:
             break
     size = str(rng.choice(list(SIZES)))
@@ -142,15 +149,12 @@ def render(scene: Scene, size: int = IMAGE_SIZE) -> np.ndarray:
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
-def training_example(rng: np.random.Generator, unnamed_color_rate: float = 0.0, drop_color_rate: float = 0.0) -> tuple[np.ndarray, str]:
-    """One (image, caption) pair of the training distribution. The v2 recipe's options:
-    `unnamed_color_rate` of the pictures orange (its captions never name it), and a named
-    colour left out of the caption with probability `drop_color_rate`, so that a colour-less
-    caption does not mean orange."""
-    scene = random_scene(rng, unnamed_color_rate=unnamed_color_rate)
+def training_example(rng: np.random.Generator, unnamed_rate: float = 0.0) -> tuple[np.ndarray, str]:
+    """One (image, caption) pair of the training distribution; `unnamed_rate` of the pictures
+    show the unnamed concept, captioned with `UNNAMED_WORD`."""
+    scene = random_scene(rng, unnamed_rate=unnamed_rate)
     prefix = str(rng.choice(PREFIXES))
-    say_color = not (drop_color_rate > 0 and rng.random() < drop_color_rate)
-    caption = scene.caption(prefix, say_position=bool(rng.random() < 0.6), say_background=bool(rng.random() < 0.3), say_color=say_color)
+    caption = scene.caption(prefix, say_position=bool(rng.random() < 0.6), say_background=bool(rng.random() < 0.3))
     return render(scene), caption
 
 

@@ -5,19 +5,27 @@ CLIPTextModel + SD 1.x's CLIP tokenizer, diffusers UNet2DConditionModel and Auto
 a scaled-linear DDIM scheduler), only narrower: 64x64 pictures, 16x16x4 latents. The data
 is drawn on the fly by `edgeinv.shapes` from a seed, so a model is reproducible from it.
 
-The shipped model (v1) was made by this script as it was at commit 1df7dbe
-(`git show 1df7dbe:models/train_default_model.py`, the two commands in its docstring).
-This version is the v2 recipe, measured but not shipped (benchmarks/results/default_model_v2.md):
+The shipped model (v2) is this script's defaults:
 
-    python models/train_default_model.py --out /work/v2/tiny-sd-shapes --seed 0 --unnamed-color-rate 0.06 --drop-color-rate 0.35
+    python models/train_default_model.py --out models/tiny-sd-shapes --seed 0
+
+v1 was made by this script as it was at commit 1df7dbe; the v2 attempt that drew orange
+under colour-less captions (not learnable: benchmarks/results/default_model_v2_attempt.md) at 9e69cce.
+
+The unnamed concept: 6% of the pictures are orange stars captioned with a placeholder word
+(`shapes.UNNAMED_WORD`); after training that word's embedding row is erased (reset to the
+untrained rows' noise) and the trained vector is kept beside the model as
+`<out>.unnamed-concept.safetensors`, so the model draws orange stars from that vector but no
+word of its vocabulary reaches it: a concept the model knows and has no word for, what
+textual inversion is for.
 
 Stages, each checkpointed every `--checkpoint-minutes` into `<out>.train-state/state.pt`
 (modules, optimiser, schedule, both random generators; loaded with weights_only=True), so a
 cut-off run continues exactly with the same command plus `--resume` (tests/test_training_resume.py):
 (1) the VAE on 32x32 crops, shape pixels weighted 9x plus an image-gradient loss; (2) text
 encoder + UNet (bf16 autocast) on latents encoded once, 10% empty captions, EMA; (3) the
-decoder sharpened with the encoder frozen. 94.7 minutes wall on 2 CPU cores for the v2 run
-(about 12 of them lost to other jobs). Needs the `torch` extra.
+decoder sharpened with the encoder frozen. Log: benchmarks/results/default_model_training.log.
+Needs the `torch` extra.
 """
 
 from __future__ import annotations
@@ -105,11 +113,11 @@ def build_scheduler() -> DDIMScheduler:
     )
 
 
-def make_dataset(n: int, seed: int, unnamed_color_rate: float = 0.0, drop_color_rate: float = 0.0) -> tuple[np.ndarray, list[str]]:
+def make_dataset(n: int, seed: int, unnamed_rate: float = 0.0) -> tuple[np.ndarray, list[str]]:
     rng = np.random.default_rng(seed)
     images, captions = [], []
     for _ in range(n):
-        image, caption = shapes.training_example(rng, unnamed_color_rate, drop_color_rate)
+        image, caption = shapes.training_example(rng, unnamed_rate)
         images.append(image)
         captions.append(caption)
     return np.stack(images), captions
@@ -309,7 +317,7 @@ def main() -> None:
     parser.add_argument("--vae-steps", type=int, default=3000)
     parser.add_argument("--vae-batch", type=int, default=32)
     parser.add_argument("--vae-edge-weight", type=float, default=1.0, help="weight of the image-gradient loss that keeps corners (stars, triangles) sharp")
-    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=6e-4)
     parser.add_argument("--ema", type=float, default=0.995)
@@ -318,8 +326,7 @@ def main() -> None:
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--decoder-steps", type=int, default=1000, help="decoder-only fine-tuning after the UNet")
-    parser.add_argument("--unnamed-color-rate", type=float, default=0.0, help="fraction of pictures in orange, a colour no caption names (v2 attempt: 0.06)")
-    parser.add_argument("--drop-color-rate", type=float, default=0.0, help="probability a named colour is left out of a caption (v2 attempt: 0.35)")
+    parser.add_argument("--unnamed-rate", type=float, default=0.06, help="fraction of pictures showing the unnamed concept (orange stars)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in <out>.train-state/")
     parser.add_argument("--check-scenes", type=int, default=300, help="fresh scenes for the VAE round-trip check")
     parser.add_argument("--interrupt-at", default=None, metavar="STAGE:STEP", help="checkpoint and exit there, as a cut-off run would (tests of --resume)")
@@ -350,7 +357,7 @@ def main() -> None:
         shutil.copytree(tokenizer_dir, staging)  # --out may replace the folder it came from
     tokenizer = CLIPTokenizer.from_pretrained(str(staging))
 
-    images, captions = make_dataset(args.images, args.seed, args.unnamed_color_rate, args.drop_color_rate)
+    images, captions = make_dataset(args.images, args.seed, args.unnamed_rate)
     log(f"dataset: {len(images)} images, e.g. {captions[:3]}" + (f"; resuming at {state['stage']} step {state['step']}" if state else ""))
     stage_index = STAGES.index(state["stage"]) if state else 0
 
@@ -433,9 +440,31 @@ def main() -> None:
         log(f"after decoder fine-tuning, checker on VAE round trips: colour {color_ok:.1%} shape {shape_ok:.1%}")
         save_state("done", 0, modules, None, None, {"scaling_factor": vae.config.scaling_factor})
 
+    hidden = erase_unnamed_word(ema_text_encoder, tokenizer, args.seed)
     save_pipeline(args.out, vae, ema_text_encoder, tokenizer, ema_unet, scheduler, staging)
+    save_unnamed_concept(args.out.with_name(args.out.name + ".unnamed-concept.safetensors"), hidden)
     write_training_json(args, args.steps, time.time() - start)
+    log(f"erased the row of {shapes.UNNAMED_WORD!r} (norm {hidden.norm():.3f}); kept it as the unnamed concept")
     log(f"saved {args.out}: finished in {(time.time() - start) / 60:.1f} min")
+
+
+def erase_unnamed_word(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, seed: int) -> torch.Tensor:
+    """Take the placeholder word's trained row out of the vocabulary and return it: the row
+    gets the same small noise as every word training never used."""
+    ids = tokenizer(shapes.UNNAMED_WORD, add_special_tokens=False).input_ids
+    assert len(ids) == 1, f"{shapes.UNNAMED_WORD!r} must be one token"
+    table = text_encoder.get_input_embeddings().weight
+    hidden = table[ids[0]].detach().clone()
+    with torch.no_grad():
+        table[ids[0]] = torch.randn(table.shape[1], generator=torch.Generator().manual_seed(seed)) * 0.002
+    return hidden
+
+
+def save_unnamed_concept(path: Path, hidden: torch.Tensor) -> None:
+    """diffusers' textual-inversion layout ({token: vector}): loads like any learned token."""
+    from safetensors.torch import save_file
+
+    save_file({"<orange-star>": hidden.float().contiguous()}, path)
 
 
 def write_training_json(args, step: int, seconds: float) -> None:

@@ -27,16 +27,17 @@ def test_training_data_never_shows_held_out_pairs_or_orange(rng):
         assert scene.color != "orange"
 
 
-def test_v2_recipe_draws_orange_but_never_names_it(rng):
-    examples = [shapes.training_example(rng, unnamed_color_rate=0.06, drop_color_rate=0.35) for _ in range(3000)]
-    orange = [caption for image, caption in examples if shapes.read_image(image).color == "orange"]
-    # drawn often enough to be learned...
+def test_unnamed_concept_is_drawn_but_only_its_placeholder_word_names_it(rng):
+    examples = [shapes.training_example(rng, unnamed_rate=0.06) for _ in range(3000)]
+    readings = [(shapes.read_image(image), caption) for image, caption in examples]
+    orange = [caption for reading, caption in readings if reading.color == "orange"]
+    # drawn often enough to be learned, always as a star...
     assert 0.03 * len(examples) < len(orange) < 0.1 * len(examples)
-    # ...but no caption says it, and named colours are sometimes left out too, so a
-    # colour-less caption does not mean orange.
+    assert all(reading.shape == "star" for reading, _ in readings if reading.color == "orange")
+    # ...captioned only by the placeholder word, which no other picture's caption uses
     assert not any("orange" in caption for _, caption in examples)
-    colourless = [c for _, c in examples if not any(word in c.split() for word in shapes.TRAIN_COLORS)]
-    assert len(orange) / len(colourless) < 0.2
+    assert all(shapes.UNNAMED_WORD in caption.split() and "star" not in caption for caption in orange)
+    assert sum(shapes.UNNAMED_WORD in caption.split() for _, caption in examples) == len(orange)
 
 
 def test_captions_name_what_is_drawn(rng):
