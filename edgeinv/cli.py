@@ -404,7 +404,9 @@ METHOD_HELP = ("cma-es: forward passes only on ONNX Runtime (no torch; --optimiz
 @click.option("--chunk-size", default=None, type=click.IntRange(1), help="UNet rows per call [default: the most that fit --max-memory, up to 64]")
 @click.option("--max-memory", default=2.0, show_default=True, type=click.FloatRange(0.1), help="GB of memory to stay under when sizing --chunk-size")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-@click.option("--threads", default=None, type=click.IntRange(1), help="ONNX Runtime threads [default: all cores]")
+@click.option("--threads", default=None, type=click.IntRange(1), help="ONNX Runtime threads [default: all cores; with --ray: 1 per worker]")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS", help="score each population on a Ray cluster: its address, 'auto' (the one `ray start` made here) or 'local' (start one); needs the ray extra")
+@click.option("--workers", default=None, type=click.IntRange(1), help="with --ray: evaluator actors [default: the cluster's CPUs / --threads]")
 @click.option("--lr", default=None, type=float, help="gradient methods: the token's learning rate; zo-sgd: Adam's, in vocabulary spreads [default: the method's]")
 @click.option("--weights-lr", default=None, type=float, help="dreambooth / custom-diffusion: learning rate of the UNet weights")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1), help="gradient methods: samples per step")
@@ -415,7 +417,7 @@ METHOD_HELP = ("cma-es: forward passes only on ONNX Runtime (no torch; --optimiz
 @click.option("--checkpoint-every", default=25, show_default=True, type=click.IntRange(1), help="gradient methods: steps between checkpoints")
 @click.option("--no-samples", is_flag=True, help="skip drawing samples.png")
 def invert(images, method, optimizer, model, token, vectors, init_words, init_candidates, concept_kind, out, resume, overwrite, seed, budget, popsize,
-           probes, mu, dim, subspace, samples, heldout, dvar_window, dvar_threshold, timesteps, flip, chunk_size, max_memory, device, threads, lr, weights_lr,
+           probes, mu, dim, subspace, samples, heldout, dvar_window, dvar_threshold, timesteps, flip, chunk_size, max_memory, device, threads, ray_address, workers, lr, weights_lr,
            batch_size, rank, class_word,
            prior_images, mixed_precision, checkpoint_every, no_samples) -> None:
     """Learn TOKEN from the pictures in IMAGES (default method: forward passes only, no torch).
@@ -451,11 +453,19 @@ def invert(images, method, optimizer, model, token, vectors, init_words, init_ca
         raise UserError(f"{out}: no checkpoint to resume ({', '.join(checkpoints)}); start a new run without --resume")
     if not (0.0 <= timesteps[0] < timesteps[1] <= 1.0):
         raise UserError(f"--timesteps {timesteps[0]} {timesteps[1]}: give 0 <= low < high <= 1")
+    if workers is not None and ray_address is None:
+        raise UserError("--workers sets the Ray actors; add --ray ADDRESS (or --ray local)")
+    if ray_address is not None:
+        if method != "cma-es":
+            raise UserError(f"--ray spreads the forward-only search; --method {method} trains in one process: leave --ray out")
+        from edgeinv.ray_pool import require_ray
+
+        require_ray()
     config = InvertConfig(images=str(images), model=model, method=method, optimizer=optimizer, token=token, vectors=vectors, init=list(init_words),
                           init_candidates=init_candidates, property=concept_kind, seed=seed, budget=budget, popsize=popsize, probes=probes, mu=mu,
                           dim=dim, subspace=subspace, samples=samples, heldout=heldout,
                           dvar_window=dvar_window, dvar_threshold=dvar_threshold, timesteps=tuple(timesteps), flip=flip, chunk_size=chunk_size or 64,
-                          device=device, threads=threads, lr=lr, weights_lr=weights_lr, batch_size=batch_size, rank=rank, class_word=class_word,
+                          device=device, threads=threads, ray=ray_address, workers=workers, lr=lr, weights_lr=weights_lr, batch_size=batch_size, rank=rank, class_word=class_word,
                           prior_images=prior_images, mixed_precision=mixed_precision, checkpoint_every=checkpoint_every).resolved()  # hashes the pictures
     if method == "cma-es":
         from edgeinv.invert import invert

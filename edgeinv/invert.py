@@ -7,7 +7,8 @@ The loop, top to bottom (`invert`):
         draw one evaluation set (common random numbers for the whole population)
         ask the optimiser for a population z_1..z_k;   e_i = e0 + z_i @ basis (each of the
         token's N vectors has its own d coordinates: z_i is N*d long)
-        score all e_i in batched ONNX Runtime calls  -> tell the optimiser
+        score all e_i in batched ONNX Runtime calls (in process, or spread over Ray actors:
+        edgeinv/evaluators.py)  -> tell the optimiser
         deterministic loss of the optimiser's mean on the frozen DVAR set -> stop?
         checkpoint (atomic JSON: the losses told so far)
     choose, by a held-out loss, among the best means and the final mean
@@ -33,6 +34,7 @@ from edgeinv import manifest
 from edgeinv.data import images_digest, load_images
 from edgeinv.embedding_files import token_names
 from edgeinv.errors import UserError
+from edgeinv.evaluators import EVALUATORS, evaluator_name
 from edgeinv.files import atomic_path
 from edgeinv.objective import LatentCache, Objective, draw_evaluation_set, timestep_range
 from edgeinv.onnx_model import OnnxStableDiffusion
@@ -103,6 +105,8 @@ class InvertConfig:
     chunk_size: int = 64
     device: str = "auto"
     threads: int | None = None
+    ray: str | None = None  # a Ray cluster's address ("local": start one) to score populations on (edgeinv/ray_pool.py)
+    workers: int | None = None  # Ray actors; None: the cluster's CPUs / threads
     # gradient methods only
     lr: float | None = None  # also zo-sgd's Adam step, in basis units
     weights_lr: float | None = None
@@ -135,7 +139,7 @@ class InvertConfig:
 
     def fingerprint(self) -> str:
         """What must match for `--resume` to continue the same run: the settings and the pictures' bytes."""
-        excluded = ("images", "budget", "device", "threads", "chunk_size", "checkpoint_every")
+        excluded = ("images", "budget", "device", "threads", "chunk_size", "checkpoint_every", "ray", "workers")
         keys = {k: v for k, v in asdict(self).items() if k not in excluded}
         return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -199,7 +203,7 @@ def word_vector(model: OnnxStableDiffusion, words: list[str]) -> np.ndarray:
     return model.token_table[ids].mean(axis=0)
 
 
-def visual_init(objective: Objective, model: OnnxStableDiffusion, frozen, count: int, batch: int = 64) -> tuple[np.ndarray, list[tuple[str, float]]]:
+def visual_init(objective, model: OnnxStableDiffusion, frozen, count: int, batch: int = 64) -> tuple[np.ndarray, list[tuple[str, float]]]:
     """Rank vocabulary tokens by the frozen-set loss on the user's images; start from the best.
     A token of N vectors is ranked with the word in all N places and starts from the N best words [N, hidden]."""
     shortlist = vocabulary_shortlist(model, count)
@@ -214,7 +218,7 @@ def visual_init(objective: Objective, model: OnnxStableDiffusion, frozen, count:
     return model.token_table[shortlist[order[:n_vectors]]].copy(), best
 
 
-def initial_vectors(config: "InvertConfig", objective: Objective, model, frozen) -> tuple[np.ndarray, list[tuple[str, float]]]:
+def initial_vectors(config: "InvertConfig", objective, model, frozen) -> tuple[np.ndarray, list[tuple[str, float]]]:
     """e0 [N, hidden]: N copies of the --init words' mean, or the visual initialisation's N best words."""
     if config.init:
         return np.repeat(word_vector(model, config.init)[None], config.vectors, axis=0), []
@@ -323,7 +327,18 @@ def invert(
     check_dim(config, model)
     image_set = load_images(config.images, model.image_size, warn=warn)
     token_ids = [model.tokenizer.add_token(name) for name in token_names(config.token, config.vectors)]
-    objective = Objective(model, token_ids, config.token, config.property, chunk_size=config.chunk_size)
+    # The evaluation backend scores candidates (edgeinv/evaluators.py): in this process, or a
+    # Ray pool whose actors start loading the model now, while the pictures are encoded here.
+    objective = EVALUATORS[evaluator_name(config)](config, Objective(model, token_ids, config.token, config.property, chunk_size=config.chunk_size))
+    try:
+        return search(config, out_dir, saved, progress, warn, model, image_set, objective, start)
+    finally:
+        objective.close()
+
+
+def search(config: InvertConfig, out_dir: Path | None, saved: dict | None, progress, warn, model: OnnxStableDiffusion, image_set, objective,
+           start: float) -> InvertResult:
+    """Initialise, search, stop, choose: everything after the model and the evaluator are ready."""
     cache = LatentCache.encode(model, image_set.images)
     model.release(manifest.VAE_ENCODER)  # encoded once; its activations are the largest after the UNet's
     steps = timestep_range(*config.timesteps, int(model.scheduler_config.get("num_train_timesteps", 1000)))

@@ -146,3 +146,6 @@ class Objective:
             per_row[index] = ((prediction - target[sample]) ** 2).reshape(len(index), -1).mean(axis=1)
         self.unet_rows += rows
         return per_row.reshape(k, m).mean(axis=1)
+
+    def close(self) -> None:
+        """The in-process evaluator (edgeinv/evaluators.py) holds no workers."""
