@@ -554,6 +554,57 @@ def invert(images, method, optimizer, model, token, vectors, init_words, init_ca
         console.print(f"  try: edgeinv generate \"a photo of a {token}\" --embedding {paths['diffusers']}")
 
 
+MANAGED_BY_INVERT_MANY = ("--out", "--resume", "--overwrite", "--ray", "--workers", "--threads")
+
+
+@main.command("invert-many", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option("--out", "runs", type=click.Path(path_type=Path), default=Path("runs"), show_default=True, help="one run folder per concept goes here")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS", help="run the concepts as Ray tasks on this cluster ('local': start one here)")
+@click.option("--workers", default=None, type=click.IntRange(1), help="with --ray: at most this many concepts at once [default: as many as the cluster's CPUs allow]")
+@click.option("--threads", default=None, type=click.IntRange(1), help="ONNX Runtime threads per concept [default: all cores; with --ray: 1]")
+@click.pass_context
+def invert_many(ctx, root: Path, runs: Path, ray_address: str | None, workers: int | None, threads: int | None) -> None:
+    """Invert every subfolder of ROOT (one concept each) into --out/<subfolder>.
+
+    Other options are `edgeinv invert`'s and apply to every concept. A folder that fails is
+    reported in the summary (also written to --out/summary.json) and the others go on;
+    rerunning skips finished concepts and resumes interrupted ones. Exit status 2 when a
+    concept failed on bad input.
+    """
+    from rich.table import Table
+
+    from edgeinv.files import check_writable_folder
+    from edgeinv.invert_many import concept_folders, invert_many as run_all
+
+    invert_args = list(ctx.args)
+    if given := [a for a in invert_args if a.split("=")[0] in MANAGED_BY_INVERT_MANY]:
+        raise UserError(f"{given[0]}: invert-many sets it for every concept; give it before ROOT's options as invert-many's own option, or leave it out")
+    if workers is not None and ray_address is None:
+        raise UserError("--workers sets how many concepts run at once on Ray; add --ray ADDRESS (or --ray local)")
+    folders = concept_folders(root)
+    invert.make_context("invert", [str(folders[0]), *invert_args])  # a bad option: one line now, not once per concept
+    check_writable_folder(runs)
+    if ray_address is not None:
+        from edgeinv.ray_pool import require_ray
+
+        require_ray()
+        threads = threads or 1
+    if threads:
+        invert_args += ["--threads", str(threads)]
+    with status(f"inverting {len(folders)} concepts"):
+        records = run_all(root, runs, invert_args, ray_address, threads or 1, workers)
+    table = Table("concept", "status", "stop", "held-out loss", "wall", "files / error", title=f"invert-many {root}")
+    for r in records:
+        stop = f"{r.stopped_by} @ {r.stop}" if r.stop is not None else "-"
+        loss = f"{r.heldout_loss:.4f}" if r.heldout_loss is not None else "-"
+        state = r.status + (" (resumed)" if r.resumed and r.status == "done" else "")
+        table.add_row(escape(r.concept), state, stop, loss, f"{r.seconds:.0f}s", escape(r.error or r.out))
+    Console().print(table)
+    if any(r.status == "failed" for r in records):
+        sys.exit(2)
+
+
 def resume_command(out: Path) -> str:
     """The command line that continues this run: the user's own options, --out, --resume."""
     import shlex
