@@ -8,10 +8,12 @@
 3. `edgeinv generate` (ONNX Runtime) for "a photo of a {colour} {shape}" with fresh seeds
    (never used in training, which drew its noise from torch): colour, shape and both right,
    for the pairs captioned in training and for the held-out pairs never captioned.
-4. The unnamed colour (orange: drawn in training, never named): the word prompts a user
-   might try ("a photo of a star", "... an orange star", "... an amber star", ...) against
-   a planted token, the mean of the "red" and "yellow" vectors, in "a photo of a <t> star".
-   The concept is learnable only if some token draws it while no words do.
+4. The unnamed concept (orange stars: drawn in training under a placeholder word whose row
+   was then erased; models/train_default_model.py): the word prompts a user might try
+   ("a photo of a star", "... an orange star", "... an amber star", the erased word, ...)
+   against the planted token, the trained vector kept beside the model
+   (`--unnamed-concept`), in "a photo of a <t>". The concept is learnable only if some
+   token draws it while no words do.
 Prints a markdown table; writes a grid of samples (rows: colours, columns: shapes).
 """
 
@@ -49,26 +51,25 @@ def vae_round_trip(model, n: int, seed: int) -> tuple[float, float]:
     return float(np.mean([r.color == s.color for r, s in zip(readings, scenes)])), float(np.mean([r.shape == s.shape for r, s in zip(readings, scenes)]))
 
 
-def unnamed_colour(model, seeds: int, steps: int, guidance: float, seed: int) -> list[tuple[str, int, float, float, float]]:
-    """Rows (prompt kind, n, colour, shape, both) for orange: each word prompt, and the planted token."""
-    from edgeinv.generate import generate as draw
+UNNAMED_WORD_PROMPTS = ("a photo of a star", "a photo of an orange star", "a photo of an amber star", "a photo of a tangerine star",
+                       "a photo of a gold star", "a photo of a red and yellow star", "a photo of an orange", f"a photo of a {shapes.UNNAMED_WORD}")
 
-    table = model.token_table
-    planted = (table[model.tokenizer.token_id("red</w>")] + table[model.tokenizer.token_id("yellow</w>")]) / 2
-    model.add_token("<red-yellow>", planted)
+
+def unnamed_concept(model, vector_file: Path | None, seeds: int, steps: int, guidance: float, seed: int) -> list[tuple[str, int, float, float, float]]:
+    """Rows (prompt, n, colour, shape, both) for the orange star: each word prompt, and the planted token."""
+    from edgeinv.embedding_files import load_embedding
+
+    prompts = [(f"words: \"{p}\"", p) for p in UNNAMED_WORD_PROMPTS]
+    if vector_file is not None and vector_file.is_file():
+        name, vectors = load_embedding(vector_file)
+        model.add_token("<planted>", np.asarray(vectors).reshape(-1)[: model.hidden_size])
+        prompts.append((f"planted token: the trained vector ({vector_file.name}), \"a photo of a <t>\"", "a photo of a <planted>"))
+    color, shape = shapes.UNNAMED_CONCEPT
     rows = []
-    for words in ("", "orange", "amber", "tangerine", "gold", "red and yellow", "<red-yellow>"):
-        totals = {"n": 0, "color": 0, "shape": 0, "both": 0}
-        for i, shape in enumerate(shapes.SHAPES):
-            prompt = f"a photo of a {words} {shape}".replace("  ", " ")
-            for image in draw(model, prompt, steps=steps, guidance=guidance, n=seeds, seed=seed + 700 + i):
-                reading = shapes.read_image(image)
-                totals["n"] += 1
-                totals["color"] += reading.color == shapes.UNNAMED_COLOR
-                totals["shape"] += reading.shape == shape
-                totals["both"] += reading.color == shapes.UNNAMED_COLOR and reading.shape == shape
-        name = "planted token: mean of red and yellow, \"a photo of a <t> {shape}\"" if words.startswith("<") else f"words: \"a photo of a {words + ' ' if words else ''}{{shape}}\""
-        rows.append((name, totals["n"], totals["color"] / totals["n"], totals["shape"] / totals["n"], totals["both"] / totals["n"]))
+    for i, (name, prompt) in enumerate(prompts):
+        readings = [shapes.read_image(image) for image in generate(model, prompt, steps=steps, guidance=guidance, n=seeds, seed=seed + 700)]
+        rows.append((name, len(readings), np.mean([r.color == color for r in readings]), np.mean([r.shape == shape for r in readings]),
+                     np.mean([r.color == color and r.shape == shape for r in readings])))
     return rows
 
 
@@ -95,6 +96,9 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--seed", type=int, default=10_000, help="first sampling seed")
     parser.add_argument("--grid", type=Path, default=Path("docs/sample_grid.png"))
+    parser.add_argument("--unnamed-concept", type=Path, default=Path("models/tiny-sd-shapes.unnamed-concept.safetensors"),
+                        help="the unnamed concept's trained vector (written by models/train_default_model.py)")
+    parser.add_argument("--unnamed-seeds", type=int, default=16, help="images per prompt for the unnamed concept")
     args = parser.parse_args()
 
     model = OnnxStableDiffusion(args.model)
@@ -114,10 +118,10 @@ def main() -> None:
     for name, totals, count in (("generated, pairs seen in training", seen_totals, len(seen)), ("generated, held-out pairs (never captioned)", held_totals, len(held_out))):
         n = totals["images"]
         print(f"| {name} ({count} prompts) | {n} | {totals['color'] / n:.1%} | {totals['shape'] / n:.1%} | {totals['both'] / n:.1%} |")
-    print(f"\nThe unnamed colour, {shapes.UNNAMED_COLOR} (drawn in training, never named; 4 shapes x {args.seeds} fresh seeds per row):\n")
-    print("| prompt | n | orange | shape right | both right |")
+    print(f"\nThe unnamed concept, an {' '.join(shapes.UNNAMED_CONCEPT)} (drawn in training, no word for it; {args.unnamed_seeds} fresh seeds per row):\n")
+    print("| prompt | n | orange | star | both right |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    for name, n, color, shape, both in unnamed_colour(model, args.seeds, args.steps, args.guidance, args.seed):
+    for name, n, color, shape, both in unnamed_concept(model, args.unnamed_concept, args.unnamed_seeds, args.steps, args.guidance, args.seed):
         print(f"| {name} | {n} | {color:.1%} | {shape:.1%} | {both:.1%} |")
     print(f"\n{time.time() - start:.0f}s on this machine")
 

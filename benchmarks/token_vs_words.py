@@ -30,8 +30,9 @@ from edgeinv.generate import add_embedding, generate, image_grid
 from edgeinv.onnx_model import OnnxStableDiffusion
 
 FRESH_SEED = 90_000  # sampling seeds far from any the search or the README uses
-# Words a user might try for the unnamed colour (the model was never told any of them).
-ORANGE_WORDS = ("", "orange", "amber", "tangerine", "gold", "red and yellow", "reddish yellow")
+# Words a user might try for the unnamed concept (none of them names it; the placeholder word
+# it was trained under has had its row erased).
+ORANGE_WORDS = ("", "orange", "amber", "tangerine", "gold", "red and yellow", "reddish yellow", shapes.UNNAMED_WORD)
 
 
 def word_prompts(color: str, shape: str) -> list[str]:

@@ -478,7 +478,7 @@ def invert(images, method, optimizer, model, token, vectors, init_words, init_ca
             return invert(*args, **kwargs), None
 
         sd = OnnxStableDiffusion(model, device=device, threads=threads)
-        check_token(sd.tokenizer, token)
+        check_token(sd.tokenizer, token, vectors)
         check_dim(config, sd)
         if chunk_size is None:  # the most UNet rows per call that fit --max-memory, now that the model's size is known
             config = replace(config, chunk_size=sd.chunk_size_for(max_memory))
@@ -497,7 +497,7 @@ def invert(images, method, optimizer, model, token, vectors, init_words, init_ca
             load_gradient_checkpoint(out, config)
         with status(f"loading {model or 'the default model'} in PyTorch"):
             sd = TorchStableDiffusion(model, device=device)
-        check_token(sd.tokenizer, token)
+        check_token(sd.tokenizer, token, vectors)
         unit = "step"
     if overwrite:
         for name in (*checkpoints, *OLD_CHECKPOINTS):

@@ -285,11 +285,14 @@ def replay(optimizer, state: dict, path: Path) -> dict[int, np.ndarray]:
     return means
 
 
-def check_token(tokenizer, token: str) -> None:
-    """Refuse a token that cannot be learned or saved, before any work."""
+def check_token(tokenizer, token: str, vectors: int = 1) -> None:
+    """Refuse a token that cannot be learned or saved, before any work. A token of N vectors
+    also needs its extra names (token_1, ...) free: diffusers expands prompts into them."""
     check_token_text(token)
-    if tokenizer.token_id(token) is not None or tokenizer.in_vocabulary(token):
-        raise UserError(f"--token {token!r} is already a word of the vocabulary; pick another, e.g. '<{token.strip('<>|')}-v1>'")
+    for name in token_names(token, vectors):
+        if tokenizer.token_id(name) is not None or tokenizer.in_vocabulary(name):
+            which = "" if name == token else f" (its vector {name!r})"
+            raise UserError(f"--token {token!r}{which} is already a word of the vocabulary; pick another, e.g. '<{token.strip('<>|')}-v1>'")
 
 
 def check_token_text(token: str) -> None:
@@ -323,7 +326,7 @@ def invert(
     check_token_text(config.token)
     saved = load_checkpoint(out_dir, config) if resume else None  # the pictures and settings must match: check before any work
     model = model or OnnxStableDiffusion(config.model, device=config.device, threads=config.threads)
-    check_token(model.tokenizer, config.token)
+    check_token(model.tokenizer, config.token, config.vectors)
     check_dim(config, model)
     image_set = load_images(config.images, model.image_size, warn=warn)
     token_ids = [model.tokenizer.add_token(name) for name in token_names(config.token, config.vectors)]
