@@ -111,6 +111,7 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=30, help="default model: fixed generations (DVAR off)")
     parser.add_argument("--sd15", type=Path, default=None, help="an SD 1.5-shaped edgeinv folder (int8): adds its rows (1 generation)")
     parser.add_argument("--skip-many", action="store_true")
+    parser.add_argument("--sd15-many", action="store_true", help="also invert-many on the SD 1.5-shaped folder (minutes per concept)")
     args = parser.parse_args()
 
     import ray
@@ -140,7 +141,7 @@ def main() -> None:
         lean = InvertConfig(images=str(big / "blue-star"), model=str(args.sd15), budget=1, popsize=8, samples=2, heldout=2, init=["star"],
                             dvar_threshold=0.0, flip=False, threads=1)
         rows += invert_rows("SD 1.5-shaped int8, 512 px", lean, address, args.workers, work)
-        if not args.skip_many:
+        if args.sd15_many:
             rows += invert_many_rows("SD 1.5-shaped int8, 512 px", big, ["--model", str(args.sd15), "--budget", "1", "--popsize", "8", "--samples", "2",
                                      "--heldout", "2", "--init", "star", "--dvar-threshold", "0", "--no-flip", "--no-samples"], address, args.workers, work)
 
