@@ -12,7 +12,7 @@ The shipped model (v2) is this script's defaults:
 v1 was made by this script as it was at commit 1df7dbe; the v2 attempt that drew orange
 under colour-less captions (not learnable: benchmarks/results/default_model_v2_attempt.md) at 9e69cce.
 
-The unnamed concept: 6% of the pictures are orange stars captioned with a placeholder word
+The unnamed concept: 15% of the pictures are orange stars captioned with a placeholder word
 (`shapes.UNNAMED_WORD`); after training that word's embedding row is erased (reset to the
 untrained rows' noise) and the trained vector is kept beside the model as
 `<out>.unnamed-concept.safetensors`, so the model draws orange stars from that vector but no
@@ -325,8 +325,8 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, default=500, help="write the diffusers folder every N UNet steps")
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--decoder-steps", type=int, default=1000, help="decoder-only fine-tuning after the UNet")
-    parser.add_argument("--unnamed-rate", type=float, default=0.06, help="fraction of pictures showing the unnamed concept (orange stars)")
+    parser.add_argument("--decoder-steps", type=int, default=0, help="decoder-only fine-tuning after the UNet (v2: 0; 1000 steps lowered its colours)")
+    parser.add_argument("--unnamed-rate", type=float, default=0.15, help="fraction of pictures showing the unnamed concept (orange stars)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in <out>.train-state/")
     parser.add_argument("--check-scenes", type=int, default=300, help="fresh scenes for the VAE round-trip check")
     parser.add_argument("--interrupt-at", default=None, metavar="STAGE:STEP", help="checkpoint and exit there, as a cut-off run would (tests of --resume)")

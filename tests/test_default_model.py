@@ -1,0 +1,37 @@
+"""The shipped default model knows a concept it has no word for (models/train_default_model.py)."""
+
+from pathlib import Path
+
+import numpy as np
+
+from edgeinv import shapes
+from edgeinv.embedding_files import load_embedding
+from edgeinv.generate import generate
+
+UNNAMED = Path(__file__).resolve().parents[1] / "models" / "tiny-sd-shapes.unnamed-concept.safetensors"
+
+
+def orange_star_rate(sd, prompt: str, n: int = 16) -> float:
+    images = [image for seed in (1, 4321) for image in generate(sd, prompt, n=n, seed=seed)]
+    readings = [shapes.read_image(image) for image in images]
+    return float(np.mean([(r.color, r.shape) == shapes.UNNAMED_CONCEPT for r in readings]))
+
+
+def test_the_placeholder_word_was_erased_and_its_vector_kept(sd):
+    _, kept = load_embedding(UNNAMED)
+    erased = sd.token_table[sd.tokenizer.token_id(f"{shapes.UNNAMED_WORD}</w>")]
+    assert np.linalg.norm(erased) < 0.05 < np.linalg.norm(kept)  # noise like unused words vs a trained vector
+    assert abs(float(np.dot(erased, kept.reshape(-1)))) / (np.linalg.norm(erased) * np.linalg.norm(kept)) < 0.5
+
+
+def test_the_kept_vector_draws_orange_stars_and_the_erased_word_does_not(onnx_dir):
+    from edgeinv.onnx_model import OnnxStableDiffusion
+
+    sd = OnnxStableDiffusion(onnx_dir)  # its own copy: the shared one must not learn a token
+    _, kept = load_embedding(UNNAMED)
+    sd.add_token("<unnamed-test>", kept.reshape(-1))
+    # measured when written: 78%, 0% and 16% of these 32 pictures
+    planted = orange_star_rate(sd, "a photo of a <unnamed-test>")
+    assert planted >= 0.6
+    assert orange_star_rate(sd, f"a photo of a {shapes.UNNAMED_WORD}") <= 0.1
+    assert orange_star_rate(sd, "a photo of an orange star") <= planted / 2
