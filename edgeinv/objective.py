@@ -52,6 +52,9 @@ class EvaluationSet:
     def __len__(self) -> int:
         return len(self.timesteps)
 
+    def subset(self, index: np.ndarray) -> "EvaluationSet":
+        return EvaluationSet(self.latents[index], self.caption_index[index], self.noise[index], self.timesteps[index])
+
 
 def timestep_range(low: float, high: float, num_train_timesteps: int = 1000) -> tuple[int, int]:
     """[low, high) as fractions of the schedule -> integer timesteps."""
@@ -129,6 +132,10 @@ class Objective:
 
     def losses(self, vectors: np.ndarray, evaluation: EvaluationSet) -> np.ndarray:
         """Mean denoising loss of each candidate [k, n_vec, d] on the set -> [k]."""
+        return self.row_losses(vectors, evaluation).mean(axis=1)
+
+    def row_losses(self, vectors: np.ndarray, evaluation: EvaluationSet) -> np.ndarray:
+        """The loss of each candidate on each sample of the set -> [k, m] (float64)."""
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim == 2:
             vectors = vectors[:, None]
@@ -145,7 +152,7 @@ class Objective:
             prediction = self.model.unet(noisy[sample], evaluation.timesteps[sample].astype(np.float32), states[index])
             per_row[index] = ((prediction - target[sample]) ** 2).reshape(len(index), -1).mean(axis=1)
         self.unet_rows += rows
-        return per_row.reshape(k, m).mean(axis=1)
+        return per_row.reshape(k, m)
 
     def close(self) -> None:
         """The in-process evaluator (edgeinv/evaluators.py) holds no workers."""

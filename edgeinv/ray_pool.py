@@ -63,6 +63,9 @@ class ObjectiveActor:
     def losses(self, vectors: np.ndarray, evaluation) -> np.ndarray:
         return self.objective.losses(vectors, evaluation)
 
+    def row_losses(self, vectors: np.ndarray, evaluation) -> np.ndarray:
+        return self.objective.row_losses(vectors, evaluation)
+
     def pid(self) -> int:
         return os.getpid()
 
@@ -91,10 +94,16 @@ class RayPool:
 
     def losses(self, vectors: np.ndarray, evaluation) -> np.ndarray:
         vectors = np.asarray(vectors, dtype=np.float32)
+        self.unet_rows += len(vectors) * len(evaluation)
+        if len(vectors) < len(self.actors):
+            # Fewer candidates than actors (DVAR's one mean each generation): split the
+            # samples instead; the per-sample losses are averaged here in the same order.
+            parts = [p for p in np.array_split(np.arange(len(evaluation)), len(self.actors)) if len(p)]
+            futures = [actor.row_losses.remote(vectors, evaluation.subset(p)) for actor, p in zip(self.actors, parts)]
+            return np.concatenate(self.ray.get(futures), axis=1).mean(axis=1)
         shared = self.ray.put(evaluation)  # once per call, read by every actor
         slices = [s for s in np.array_split(np.arange(len(vectors)), len(self.actors)) if len(s)]
         futures = [actor.losses.remote(vectors[s], shared) for actor, s in zip(self.actors, slices)]
-        self.unet_rows += len(vectors) * len(evaluation)
         return np.concatenate(self.ray.get(futures))
 
     def pids(self) -> list[int]:
