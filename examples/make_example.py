@@ -2,8 +2,10 @@
 
     python examples/make_example.py orange star examples/orange-star
 
-Orange never appears in the default model's training data, so it has no word for an
-orange shape; `edgeinv invert examples/orange-star` teaches it one.
+The default model drew orange stars in training under a placeholder word whose row was then
+erased (models/train_default_model.py): it can draw them but has no word for them, and
+`edgeinv invert examples/orange-star` teaches it one. These five pictures are rendered from
+their own seed, not taken from the training set.
 """
 
 import sys
