@@ -304,14 +304,16 @@ class staged_folder:
 @click.option("-n", "count", default=4, show_default=True, type=click.IntRange(1, 64), help="number of images")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("generated.png"), show_default=True,
               help="picture file (.png .jpg .webp ...; no extension: .png): one image, or a grid of all. A folder: one PNG per image plus the grid")
+@click.option("--max-memory", default=2.0, show_default=True, type=click.FloatRange(0.1), help="GB of memory to stay under when sizing UNet calls")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
-def generate(prompt, model, embeddings, tokens, negative, steps, guidance, scheduler, seed, count, out, device) -> None:
+def generate(prompt, model, embeddings, tokens, negative, steps, guidance, scheduler, seed, count, out, max_memory, device) -> None:
     """Draw PROMPT with the ONNX model (torch is not used)."""
     from PIL import Image
 
+    from edgeinv import manifest
     from edgeinv.embedding_files import load_embedding
     from edgeinv.files import atomic_path
-    from edgeinv.generate import add_embedding, generate as run, image_grid
+    from edgeinv.generate import add_embedding, decode, denoise, image_grid
     from edgeinv.onnx_model import OnnxStableDiffusion
 
     if len(tokens) > len(embeddings):
@@ -328,8 +330,10 @@ def generate(prompt, model, embeddings, tokens, negative, steps, guidance, sched
 
     with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("sampling", total=steps)
-        images = run(sd, prompt, negative_prompt=negative, steps=steps, guidance=guidance, scheduler=scheduler, n=count, seed=seed,
-                     multi_vector_tokens=multi, progress=lambda i, total: bar.update(task, completed=i))
+        latents = denoise(sd, prompt, negative_prompt=negative, steps=steps, guidance=guidance, scheduler=scheduler, n=count, seed=seed,
+                          multi_vector_tokens=multi, progress=lambda i, total: bar.update(task, completed=i), max_rows=sd.chunk_size_for(max_memory))
+    sd.release(manifest.UNET)  # before the decoder's activations: at SD 1.5's size both together set the peak
+    images = decode(sd, latents)
     pictures = list(zip(targets, images)) if targets else []
     if grid_path is not None:
         pictures.append((grid_path, images[0] if count == 1 else image_grid(images, columns=min(count, 4))))
@@ -400,6 +404,7 @@ METHOD_HELP = ("cma-es: forward passes only on ONNX Runtime (no torch; --optimiz
 @click.option("--dvar-window", default=None, type=click.IntRange(1), help="DVAR window in UNet sample-evaluations [default: the method's]")
 @click.option("--dvar-threshold", default=None, type=float, help="stop when var(window)/var(history) falls below this [default: the method's]")
 @click.option("--timesteps", default=(0.0, 1.0), show_default=True, type=(float, float), help="train on this fraction range of the schedule")
+@click.option("--loss", default="mse", show_default=True, type=click.Choice(["mse", "log-mse"]), help="how a batch's per-sample denoising losses combine: their mean, or the mean of their logs (every timestep weighs alike)")
 @click.option("--flip/--no-flip", default=True, show_default=True, help="also learn from mirrored pictures")
 @click.option("--chunk-size", default=None, type=click.IntRange(1), help="UNet rows per call [default: the most that fit --max-memory, up to 64]")
 @click.option("--max-memory", default=2.0, show_default=True, type=click.FloatRange(0.1), help="GB of memory to stay under when sizing --chunk-size")
@@ -417,7 +422,7 @@ METHOD_HELP = ("cma-es: forward passes only on ONNX Runtime (no torch; --optimiz
 @click.option("--checkpoint-every", default=25, show_default=True, type=click.IntRange(1), help="gradient methods: steps between checkpoints")
 @click.option("--no-samples", is_flag=True, help="skip drawing samples.png")
 def invert(images, method, optimizer, model, token, vectors, init_words, init_candidates, concept_kind, out, resume, overwrite, seed, budget, popsize,
-           probes, mu, dim, subspace, samples, heldout, dvar_window, dvar_threshold, timesteps, flip, chunk_size, max_memory, device, threads, ray_address, workers, lr, weights_lr,
+           probes, mu, dim, subspace, samples, heldout, dvar_window, dvar_threshold, timesteps, loss, flip, chunk_size, max_memory, device, threads, ray_address, workers, lr, weights_lr,
            batch_size, rank, class_word,
            prior_images, mixed_precision, checkpoint_every, no_samples) -> None:
     """Learn TOKEN from the pictures in IMAGES (default method: forward passes only, no torch).
@@ -464,7 +469,7 @@ def invert(images, method, optimizer, model, token, vectors, init_words, init_ca
     config = InvertConfig(images=str(images), model=model, method=method, optimizer=optimizer, token=token, vectors=vectors, init=list(init_words),
                           init_candidates=init_candidates, property=concept_kind, seed=seed, budget=budget, popsize=popsize, probes=probes, mu=mu,
                           dim=dim, subspace=subspace, samples=samples, heldout=heldout,
-                          dvar_window=dvar_window, dvar_threshold=dvar_threshold, timesteps=tuple(timesteps), flip=flip, chunk_size=chunk_size or 64,
+                          dvar_window=dvar_window, dvar_threshold=dvar_threshold, timesteps=tuple(timesteps), loss=loss, flip=flip, chunk_size=chunk_size or 64,
                           device=device, threads=threads, ray=ray_address, workers=workers, lr=lr, weights_lr=weights_lr, batch_size=batch_size, rank=rank, class_word=class_word,
                           prior_images=prior_images, mixed_precision=mixed_precision, checkpoint_every=checkpoint_every).resolved()  # hashes the pictures
     if method == "cma-es":
@@ -539,7 +544,7 @@ def invert(images, method, optimizer, model, token, vectors, init_words, init_ca
     if not no_samples:
         for name, vector in zip(token_names(token, len(result.vector)), result.vector):
             sd.learned[sd.tokenizer.token_id(name)] = vector
-        write_samples(out / "samples.png", sd, token, concept_kind, seed, multi_vector_tokens={token: len(result.vector)})
+        write_samples(out / "samples.png", sd, token, concept_kind, seed, multi_vector_tokens={token: len(result.vector)}, max_rows=config.chunk_size)
     console.print(f"[green]learned[/] {token} in {result.total_seconds:.0f}s: stopped by {result.stopped_by} at {unit} {result.stop_generation}, "
                   f"held-out loss {result.heldout_loss:.4f} (start {result.init_loss:.4f})")
     console.print(f"  {paths['diffusers']}  (diffusers: pipe.load_textual_inversion)")

@@ -36,7 +36,18 @@ def initial_noise(model: OnnxStableDiffusion, n: int, seed: int) -> np.ndarray:
     return rng.standard_normal((n, model.latent_channels, model.latent_size, model.latent_size)).astype(np.float32)
 
 
-def generate(
+def generate(model: OnnxStableDiffusion, prompt: str, **options) -> np.ndarray:
+    """Images [n, H, W, 3] uint8 for one prompt (`denoise`'s options)."""
+    return decode(model, denoise(model, prompt, **options))
+
+
+def decode(model: OnnxStableDiffusion, latents: np.ndarray) -> np.ndarray:
+    """Latents -> images [n, H, W, 3] uint8, one at a time: at 512 px the VAE decoder's
+    activations are several hundred MB per picture."""
+    return np.concatenate([to_uint8(model.vae_decode(latents[i : i + 1])) for i in range(len(latents))])
+
+
+def denoise(
     model: OnnxStableDiffusion,
     prompt: str,
     *,
@@ -49,8 +60,10 @@ def generate(
     noise: np.ndarray | None = None,
     multi_vector_tokens: dict[str, int] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    max_rows: int | None = None,
 ) -> np.ndarray:
-    """Images [n, H, W, 3] uint8 for one prompt."""
+    """The final latents [n, c, h, w] of sampling one prompt; UNet calls of at most `max_rows`
+    rows (each row adds ~0.1 GB of activations at SD 1.5's size; None: all 2n at once)."""
     prompt = expand_multi_vector_tokens(prompt, multi_vector_tokens or {})
     sampler = make_scheduler(scheduler, model.scheduler_config)
     sampler.set_timesteps(steps)
@@ -62,15 +75,17 @@ def generate(
     for i, t in enumerate(sampler.timesteps):
         latent_input = np.concatenate([latents, latents]) if guided else latents
         latent_input = sampler.scale_model_input(latent_input, t)
-        prediction = model.unet(latent_input, np.full(len(latent_input), t, dtype=np.float32), text_states)
+        chunk = max_rows or len(latent_input)
+        timesteps = np.full(len(latent_input), t, dtype=np.float32)
+        prediction = np.concatenate([model.unet(latent_input[j : j + chunk], timesteps[j : j + chunk], text_states[j : j + chunk])
+                                     for j in range(0, len(latent_input), chunk)])
         if guided:
             unconditional, conditional = np.split(prediction, 2)
             prediction = unconditional + guidance * (conditional - unconditional)
         latents = sampler.step(prediction, t, latents)
         if progress:
             progress(i + 1, len(sampler.timesteps))
-    images = model.vae_decode(latents)
-    return to_uint8(images)
+    return latents
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

@@ -100,6 +100,7 @@ class InvertConfig:
     dvar_batch: int = 4
     heldout: int = 32
     timesteps: tuple[float, float] = (0.0, 1.0)
+    loss: str = "mse"  # how a set's per-sample losses combine: "mse" (their mean) or "log-mse" (edgeinv/objective.py)
     flip: bool = True  # mirrored copies of the pictures; off when left/right matters
     init_candidates: int = 1000
     chunk_size: int = 64
@@ -332,7 +333,7 @@ def invert(
     token_ids = [model.tokenizer.add_token(name) for name in token_names(config.token, config.vectors)]
     # The evaluation backend scores candidates (edgeinv/evaluators.py): in this process, or a
     # Ray pool whose actors start loading the model now, while the pictures are encoded here.
-    objective = EVALUATORS[evaluator_name(config)](config, Objective(model, token_ids, config.token, config.property, chunk_size=config.chunk_size))
+    objective = EVALUATORS[evaluator_name(config)](config, Objective(model, token_ids, config.token, config.property, chunk_size=config.chunk_size, loss=config.loss))
     try:
         return search(config, out_dir, saved, progress, warn, model, image_set, objective, start)
     finally:
@@ -345,6 +346,9 @@ def search(config: InvertConfig, out_dir: Path | None, saved: dict | None, progr
     cache = LatentCache.encode(model, image_set.images)
     model.release(manifest.VAE_ENCODER)  # encoded once; its activations are the largest after the UNet's
     steps = timestep_range(*config.timesteps, int(model.scheduler_config.get("num_train_timesteps", 1000)))
+    # Before the UNet's session opens: the PCA's temporary arrays (~0.4 GB at SD 1.5's
+    # vocabulary) would otherwise sit on top of the loaded UNet and set the run's peak.
+    basis = make_basis(config.subspace, model.token_table, config.dim, config.seed)
 
     def evaluation_set(purpose: int, size: int, generation: int = 0, in_order: bool = False):
         rng = np.random.default_rng([config.seed, purpose, generation])
@@ -358,7 +362,6 @@ def search(config: InvertConfig, out_dir: Path | None, saved: dict | None, progr
     init_seconds = time.time() - init_start
     if ranking:
         warn(f"visual initialisation ({config.init_candidates} words ranked in {init_seconds:.1f}s): closest {', '.join(f'{w} ({l:.4f})' for w, l in ranking[:3])}")
-    basis = make_basis(config.subspace, model.token_table, config.dim, config.seed)
     search_dim = config.vectors * basis.shape[0]  # each of the token's vectors moves in its own copy of the subspace
 
     def vectors(points: np.ndarray) -> np.ndarray:

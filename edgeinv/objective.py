@@ -89,13 +89,33 @@ def draw_evaluation_set(
     return EvaluationSet((latents * np.float32(scaling_factor)).astype(np.float32), caption_index, noise, steps.astype(np.int64))
 
 
+# How an evaluation set's per-sample losses become one number. "mse" is the training loss
+# (their mean). "log-mse" averages their logarithms: each sample counts by its relative
+# change, so the high-noise timesteps, where colour and layout are decided and the loss is
+# 3-5x smaller, weigh as much as the low-noise ones, where the loss is mostly fine detail
+# (benchmarks/loss_alignment.py measures which of the two ranks the vector that draws the
+# concept first).
+LOSSES = ("mse", "log-mse")
+
+
+def combine_samples(row_losses: np.ndarray, loss: str) -> np.ndarray:
+    """[k, m] per-sample MSEs -> [k] with the chosen reduction."""
+    if loss == "log-mse":
+        return np.log(np.maximum(row_losses, 1e-12)).mean(axis=1)
+    return row_losses.mean(axis=1)
+
+
 class Objective:
     """The denoising loss of token vectors on evaluation sets. `model` is the ONNX model here;
     the PyTorch methods (edgeinv/gradient/train.py) pass their own model with the same interface
     and reuse `captions`, `base_vectors` and `noised`, so both compute one loss."""
 
-    def __init__(self, model: OnnxStableDiffusion, token_ids: list[int], token: str, property: str, num_captions: int = 16, chunk_size: int = 64):
+    def __init__(self, model: OnnxStableDiffusion, token_ids: list[int], token: str, property: str, num_captions: int = 16, chunk_size: int = 64,
+                 loss: str = "mse"):
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r} ({', '.join(LOSSES)})")
         self.model = model
+        self.loss = loss
         self.token_ids = token_ids
         self.chunk_size = chunk_size
         placeholder = " ".join([token] + [f"{token}_{i}" for i in range(1, len(token_ids))])
@@ -131,8 +151,8 @@ class Objective:
         return noisy, target
 
     def losses(self, vectors: np.ndarray, evaluation: EvaluationSet) -> np.ndarray:
-        """Mean denoising loss of each candidate [k, n_vec, d] on the set -> [k]."""
-        return self.row_losses(vectors, evaluation).mean(axis=1)
+        """The denoising loss of each candidate [k, n_vec, d] on the set -> [k] (`self.loss`'s reduction)."""
+        return combine_samples(self.row_losses(vectors, evaluation), self.loss)
 
     def row_losses(self, vectors: np.ndarray, evaluation: EvaluationSet) -> np.ndarray:
         """The loss of each candidate on each sample of the set -> [k, m] (float64)."""

@@ -10,6 +10,7 @@ the forward passes inversion and generation need, on numpy arrays:
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 from pathlib import Path
@@ -42,6 +43,30 @@ def default_model_dir() -> Path:
         if (candidate / manifest.MANIFEST_NAME).is_file():
             return candidate
     return candidates[0]
+
+
+MMAP_THRESHOLD_BYTES = 2**20
+_allocator_tuned = False
+
+
+def fix_mmap_threshold() -> None:
+    """Serve allocations of 1 MiB and more from their own mappings, returned on free (glibc only).
+
+    glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), so
+    after the first UNet call the activations come from the heap, which keeps the freed
+    pages and fragments: at SD 1.5's shape that is ~180 MB more peak (1954 vs 1773 MiB,
+    one int8 UNet call) at the same speed; the default model runs as fast either way. A fixed
+    threshold (glibc's M_MMAP_THRESHOLD, as MALLOC_MMAP_THRESHOLD_ would set it) turns the
+    raising off. Process-wide, set once; other C libraries are unaffected."""
+    global _allocator_tuned
+    if _allocator_tuned or os.environ.get("MALLOC_MMAP_THRESHOLD_"):  # a user's own setting wins
+        return
+    _allocator_tuned = True
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, MMAP_THRESHOLD_BYTES)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows): nothing to tune
+        pass
 
 
 def session_options(threads: int | None = None, arena: bool = False):
@@ -95,6 +120,7 @@ def available_providers(device: str = "auto") -> list[str]:
 
 class OnnxStableDiffusion:
     def __init__(self, folder: str | Path | None = None, device: str = "auto", threads: int | None = None):
+        fix_mmap_threshold()
         self.folder = Path(folder) if folder is not None else default_model_dir()
         self.manifest = self._check_folder(self.folder)
         arch = self.manifest["architecture"]

@@ -21,6 +21,7 @@ import os
 import numpy as np
 
 from edgeinv.errors import UserError
+from edgeinv.objective import combine_samples
 
 
 def require_ray():
@@ -52,13 +53,13 @@ def connect(address: str):
 class ObjectiveActor:
     """One worker: the model's sessions and the objective, built once per (re)start."""
 
-    def __init__(self, model: str | None, device: str, threads: int, token_names: list[str], token: str, property: str, chunk_size: int):
+    def __init__(self, model: str | None, device: str, threads: int, token_names: list[str], token: str, property: str, chunk_size: int, loss: str):
         from edgeinv.objective import Objective
         from edgeinv.onnx_model import OnnxStableDiffusion
 
         sd = OnnxStableDiffusion(model, device=device, threads=threads)
         token_ids = [sd.tokenizer.add_token(name) for name in token_names]
-        self.objective = Objective(sd, token_ids, token, property, chunk_size=chunk_size)
+        self.objective = Objective(sd, token_ids, token, property, chunk_size=chunk_size, loss=loss)
 
     def losses(self, vectors: np.ndarray, evaluation) -> np.ndarray:
         return self.objective.losses(vectors, evaluation)
@@ -86,9 +87,10 @@ class RayPool:
                             f"use --workers {max(1, cpus // threads)} or fewer")
         actor = ray.remote(num_cpus=threads, max_restarts=-1, max_task_retries=-1)(ObjectiveActor)
         names = token_names(config.token, config.vectors)
-        self.actors = [actor.remote(config.model, config.device, threads, names, config.token, config.property, config.chunk_size)
+        self.actors = [actor.remote(config.model, config.device, threads, names, config.token, config.property, config.chunk_size, objective.loss)
                        for _ in range(workers)]
         self.captions = objective.captions
+        self.loss = objective.loss
         self.token_ids = objective.token_ids
         self.unet_rows = 0
 
@@ -100,7 +102,7 @@ class RayPool:
             # samples instead; the per-sample losses are averaged here in the same order.
             parts = [p for p in np.array_split(np.arange(len(evaluation)), len(self.actors)) if len(p)]
             futures = [actor.row_losses.remote(vectors, evaluation.subset(p)) for actor, p in zip(self.actors, parts)]
-            return np.concatenate(self.ray.get(futures), axis=1).mean(axis=1)
+            return combine_samples(np.concatenate(self.ray.get(futures), axis=1), self.loss)
         shared = self.ray.put(evaluation)  # once per call, read by every actor
         slices = [s for s in np.array_split(np.arange(len(vectors)), len(self.actors)) if len(s)]
         futures = [actor.losses.remote(vectors[s], shared) for actor, s in zip(self.actors, slices)]

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from edgeinv import manifest
 from edgeinv.files import atomic_path
-from edgeinv.generate import generate, image_grid
+from edgeinv.generate import decode, denoise, image_grid
 from edgeinv.manifest import write_json_atomic
 
 SAMPLE_PROMPTS = {
@@ -65,10 +66,14 @@ def plot_loss(path: Path, values: list[float], stop: int | None, title: str, siz
         image.save(tmp, format="PNG")
 
 
-def write_samples(path: Path, model, token: str, property: str, seed: int, steps: int = 25, multi_vector_tokens: dict[str, int] | None = None) -> None:
-    images = []
-    for i, template in enumerate(SAMPLE_PROMPTS[property]):
-        images.extend(generate(model, template.format(token), steps=steps, n=2, seed=seed + i, multi_vector_tokens=multi_vector_tokens))
+def write_samples(path: Path, model, token: str, property: str, seed: int, steps: int = 25, multi_vector_tokens: dict[str, int] | None = None,
+                  max_rows: int | None = None) -> None:
+    latents = [denoise(model, template.format(token), steps=steps, n=2, seed=seed + i, multi_vector_tokens=multi_vector_tokens, max_rows=max_rows)
+               for i, template in enumerate(SAMPLE_PROMPTS[property])]
+    # The run is over: the UNet's memory goes before the decoder's (at SD 1.5's size the two
+    # together would set the run's peak), and the pictures are decoded one at a time.
+    model.release(manifest.UNET)
+    images = list(decode(model, np.concatenate(latents)))
     grid = image_grid(images, columns=4)
     scale = max(1, 256 // images[0].shape[0])
     picture = Image.fromarray(grid)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from edgeinv.generate import generate, initial_noise
+from edgeinv.generate import decode, denoise, generate, initial_noise
 from tests.conftest import diffusers_text_states
 
 torch = pytest.importorskip("torch")
@@ -48,3 +48,11 @@ def test_learned_token_matches_diffusers_load_textual_inversion(sd, torch_pipeli
     model.add_token("<mix>", vector)
     prompt = "a photo of a <mix> star"
     np.testing.assert_allclose(model.encode_prompts([prompt]), diffusers_text_states(torch_pipeline, paths["diffusers"], prompt), atol=1e-4)
+
+
+def test_unet_calls_of_one_row_give_the_same_pictures(sd):
+    # How `invert`'s samples and `generate` stay under --max-memory on large models.
+    whole = denoise(sd, "a photo of a blue square", n=2, steps=4, seed=3)
+    one_row_at_a_time = denoise(sd, "a photo of a blue square", n=2, steps=4, seed=3, max_rows=1)
+    np.testing.assert_allclose(one_row_at_a_time, whole, atol=1e-5)
+    np.testing.assert_array_equal(decode(sd, whole), generate(sd, "a photo of a blue square", n=2, steps=4, seed=3))

@@ -53,6 +53,10 @@ def test_pytorch_and_onnx_give_the_same_loss(sd):
     evaluation = frozen_set(model, objective, images)
     differentiable = training_loss(objective, model, torch.from_numpy(vectors[1]), evaluation)
     assert float(differentiable) == pytest.approx(float(objective.losses(vectors[1:2], evaluation)[0]), rel=1e-5)
+    objective.loss = "log-mse"  # and so is the log-mse variant (--loss log-mse)
+    differentiable = training_loss(objective, model, torch.from_numpy(vectors[1]), evaluation)
+    assert float(differentiable) == pytest.approx(float(objective.losses(vectors[1:2], evaluation)[0]), rel=1e-5)
+    assert float(differentiable) < 0  # logs of MSEs below 1: really the other reduction
 
 
 def test_textual_inversion_moves_only_the_token(tmp_path):

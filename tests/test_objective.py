@@ -79,3 +79,16 @@ def test_v_prediction_target(setup):
         objective.prediction_type = "epsilon"
     eps_loss = objective.losses(vectors, evaluation)[0]
     assert np.isfinite(v_loss) and v_loss != eps_loss
+
+
+def test_log_mse_is_the_mean_of_the_per_sample_logs(setup):
+    model, token_id, objective, evaluation = setup
+    vectors = model.token_table[[320, 1125, 2368]]
+    per_sample = objective.row_losses(vectors, evaluation)
+    log_objective = Objective(model, [token_id], "<obj>", "object", chunk_size=7, loss="log-mse")
+    np.testing.assert_allclose(log_objective.losses(vectors, evaluation), np.log(per_sample).mean(axis=1), rtol=1e-12)
+    # A different criterion, not a rescaling: the two can rank candidates differently, and here the
+    # per-sample losses span a wide range (the timesteps differ), which is what log-mse evens out.
+    assert per_sample.max() / per_sample.min() > 3
+    with pytest.raises(ValueError, match="unknown loss"):
+        Objective(model, [token_id], "<obj>", "object", loss="l1")

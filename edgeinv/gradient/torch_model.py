@@ -108,6 +108,9 @@ class TorchStableDiffusion:
         distribution = self.pipeline.vae.encode(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)).latent_dist
         return distribution.mean.float().cpu().numpy(), distribution.std.float().cpu().numpy()
 
+    def release(self, relative: str) -> None:
+        """The ONNX model drops a session here; PyTorch modules stay (the run may still train them)."""
+
     @torch.no_grad()
     def vae_decode(self, latents: np.ndarray) -> np.ndarray:
         images = self.pipeline.vae.decode(torch.from_numpy(np.asarray(latents, dtype=np.float32) / self.vae_scaling_factor).to(self.device)).sample

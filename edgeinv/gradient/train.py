@@ -74,7 +74,8 @@ def training_loss(objective: Objective, model: TorchStableDiffusion, token: torc
         vectors = torch.where(mask, token[slot].to(vectors.dtype), vectors)
     states = model.text_states_torch(vectors)
     prediction = model.unet_torch(torch.from_numpy(noisy), torch.from_numpy(evaluation.timesteps.astype(np.float32)), states)
-    return torch.nn.functional.mse_loss(prediction.float(), torch.from_numpy(target).to(model.device))
+    per_sample = (prediction.float() - torch.from_numpy(target).to(model.device)).pow(2).flatten(1).mean(dim=1)
+    return per_sample.clamp_min(1e-12).log().mean() if objective.loss == "log-mse" else per_sample.mean()
 
 
 # ---------------------------------------------------------------- methods
@@ -238,7 +239,7 @@ def train(
     precision = autocast(config, model.device)  # refuses fp16 without CUDA before any work
     image_set = load_images(config.images, model.image_size, warn=warn)
     token_ids = [model.tokenizer.add_token(name) for name in token_names(config.token, config.vectors)]
-    objective = Objective(model, token_ids, config.token, config.property, chunk_size=config.chunk_size)
+    objective = Objective(model, token_ids, config.token, config.property, chunk_size=config.chunk_size, loss=config.loss)
     cache = LatentCache.encode(model, image_set.images)
     steps = timestep_range(*config.timesteps, int(model.scheduler_config.get("num_train_timesteps", 1000)))
 
