@@ -58,6 +58,18 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 
 
+def write_pictures(folder: Path, color: str, shape: str, count: int, rng: np.random.Generator) -> Path:
+    """`count` rendered pictures of one colour/shape pair (held-out pairs allowed) as PNGs in `folder`."""
+    from PIL import Image
+
+    from edgeinv.shapes import random_scene, render
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.fromarray(render(random_scene(rng, color=color, shape=shape, allow_held_out=True))).save(folder / f"{i}.png")
+    return folder
+
+
 def run_cli_without_torch(args: list[str]):
     """Run `edgeinv ARGS` in a fresh interpreter and fail if torch got imported."""
     import subprocess

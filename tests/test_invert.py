@@ -14,8 +14,7 @@ from safetensors.numpy import load_file
 
 from edgeinv.errors import UserError
 from edgeinv.invert import InvertConfig, invert
-from edgeinv.shapes import random_scene, render
-from tests.conftest import diffusers_text_states, run_cli_without_torch
+from tests.conftest import diffusers_text_states, run_cli_without_torch, write_pictures
 
 # Small settings: a few seconds per run on 2 cores.
 FAST = dict(budget=6, dim=4, popsize=4, samples=2, heldout=4, init=["red"], dvar_window=40)
@@ -24,11 +23,7 @@ CLI_FAST = ["--budget", "8", "--dim", "4", "--popsize", "4", "--samples", "2", "
 
 @pytest.fixture(scope="module")
 def concept(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("concept")
-    rng = np.random.default_rng(3)
-    for i in range(4):
-        Image.fromarray(render(random_scene(rng, color="orange", shape="circle", allow_held_out=True))).save(folder / f"{i}.png")
-    return folder
+    return write_pictures(tmp_path_factory.mktemp("concept"), "orange", "circle", 4, np.random.default_rng(3))
 
 
 def test_resume_after_interrupt_reaches_the_same_embedding(concept, tmp_path):

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from safetensors.numpy import load_file
 
 from edgeinv.invert import InvertConfig, invert
-from edgeinv.shapes import random_scene, render
+from tests.conftest import write_pictures
 
 OPTIONS = ["--budget", "4", "--dim", "4", "--popsize", "4", "--samples", "2", "--heldout", "4", "--init", "red", "--no-samples"]
 SAME_AS_OPTIONS = dict(budget=4, dim=4, popsize=4, samples=2, heldout=4, init=["red"])
@@ -21,9 +20,7 @@ SAME_AS_OPTIONS = dict(budget=4, dim=4, popsize=4, samples=2, heldout=4, init=["
 def root(tmp_path) -> Path:
     rng = np.random.default_rng(7)
     for name, color in (("blue-star", "blue"), ("red-circle", "red")):
-        (tmp_path / "root" / name).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(render(random_scene(rng, color=color, shape=name.split("-")[1], allow_held_out=True))).save(tmp_path / "root" / name / f"{i}.png")
+        write_pictures(tmp_path / "root" / name, color, name.split("-")[1], 3, rng)
     (tmp_path / "root" / "broken").mkdir()
     (tmp_path / "root" / "broken" / "x.png").write_text("not a picture")
     return tmp_path / "root"

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from edgeinv.invert import InvertConfig, invert
-from edgeinv.shapes import random_scene, render
+from tests.conftest import write_pictures
 
 ray = pytest.importorskip("ray")
 
@@ -30,11 +29,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def concept(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("concept")
-    rng = np.random.default_rng(5)
-    for i in range(3):
-        Image.fromarray(render(random_scene(rng, color="blue", shape="star", allow_held_out=True))).save(folder / f"{i}.png")
-    return folder
+    return write_pictures(tmp_path_factory.mktemp("concept"), "blue", "star", 3, np.random.default_rng(5))
 
 
 @pytest.mark.parametrize("optimizer, loss", [("cma-es", "mse"), ("zo-sgd", "mse"), ("cma-es", "log-mse")])
