@@ -1,6 +1,6 @@
 """Does the learned token draw the concept, and more often than typing words would?
 
-    python benchmarks/token_vs_words.py examples/orange-star [--never-captioned] [--seeds 16] [-- INVERT OPTIONS]
+    python benchmarks/token_vs_words.py examples/orange-star [--never-captioned] [--seeds 16] [--invert-seeds 0 1] [-- INVERT OPTIONS]
 
 For each concept folder (named `<colour>-<shape>`: the pictures' ground truth), runs the real
 command, `edgeinv invert FOLDER --token <colour-shape> --out RUNS/<concept> [INVERT OPTIONS]`,
@@ -8,7 +8,8 @@ in a fresh process under /usr/bin/time (wall time, peak memory). Then draws
 "a photo of a <token>" with `--seeds` fresh seeds (never used by the search) and, with the
 same seeds, every word prompt in `word_prompts`, and scores each picture with the shapes
 checker: "both" = colour and shape right. The table compares the token with the best word
-prompt per concept. `--never-captioned` adds rendered ground truth of the colour/shape pairs
+prompt per concept; with several `--invert-seeds` the inversion runs once per seed and the
+table gives each run and their mean. `--never-captioned` adds rendered ground truth of the colour/shape pairs
 the default model was never captioned with (edgeinv.shapes.HELD_OUT_PAIRS).
 """
 
@@ -75,9 +76,11 @@ def main() -> None:
     parser.add_argument("folders", nargs="*", type=Path)
     parser.add_argument("--never-captioned", action="store_true", help="add rendered pictures of the never-captioned colour/shape pairs")
     parser.add_argument("--model", type=Path, default=None)
-    parser.add_argument("--seeds", type=int, default=16)
+    parser.add_argument("--seeds", type=int, default=16, help="fresh sampling seeds per prompt")
+    parser.add_argument("--invert-seeds", type=int, nargs="+", default=[0],
+                        help="run the inversion once per seed (`invert --seed`): one run's result varies a lot with it")
     parser.add_argument("--runs", type=Path, default=Path("runs/token_vs_words"))
-    parser.add_argument("--grid", type=Path, default=None, help="save the token's pictures, one row per concept")
+    parser.add_argument("--grid", type=Path, default=None, help="save the token's pictures, one row per concept and inversion seed")
     # Everything after `--` goes to edgeinv invert.
     argv = sys.argv[1:]
     invert_options = argv[argv.index("--") + 1 :] if "--" in argv else []
@@ -92,33 +95,43 @@ def main() -> None:
     rows, grid_rows = [], []
     for folder in folders:
         color, shape = folder.name.split("-")[:2]
-        token = f"<{color}-{shape}>"
-        run = run_invert(folder, token, args.runs / folder.name, options)
-        _, vectors = load_embedding(args.runs / folder.name / "learned_embeds.safetensors")
-        multi: dict[str, int] = {}
-        add_embedding(model, token, vectors, multi)
-        images = generate(model, f"a photo of a {token}", n=args.seeds, seed=FRESH_SEED, multi_vector_tokens=multi)
-        grid_rows.append(images)
-        token_scores = both_right(images, color, shape)
         words = {p: both_right(generate(model, p, n=args.seeds, seed=FRESH_SEED), color, shape) for p in word_prompts(color, shape)}
         best_prompt = max(words, key=lambda p: words[p][2])
-        stop = re.search(r"stopped by (\w+) at generation (\d+)|stopped by (\w+) at step (\d+)", run["log"])
-        rows.append((folder.name, token_scores, best_prompt, words[best_prompt], run, stop.group(0) if stop else "?"))
-        print(f"{folder.name}: token {token_scores[2]:.0%} both right; best words {best_prompt!r} {words[best_prompt][2]:.0%}; "
-              f"all words: {', '.join(f'{p!r} {v[2]:.0%}' for p, v in words.items())}", flush=True)
+        runs = []
+        for invert_seed in args.invert_seeds:
+            token = f"<{color}-{shape}-s{invert_seed}>"
+            out = args.runs / f"{folder.name}-s{invert_seed}"
+            run = run_invert(folder, token, out, [*options, "--seed", str(invert_seed)])
+            _, vectors = load_embedding(out / "learned_embeds.safetensors")
+            multi: dict[str, int] = {}
+            add_embedding(model, token, vectors, multi)
+            images = generate(model, f"a photo of a {token}", n=args.seeds, seed=FRESH_SEED, multi_vector_tokens=multi)
+            grid_rows.append(images)
+            stop = re.search(r"stopped by (\w+) at (?:generation|step) (\d+)", run["log"])
+            runs.append({**run, "scores": both_right(images, color, shape), "stop": f"{stop.group(1)} {stop.group(2)}" if stop else "?"})
+            print(f"{folder.name} seed {invert_seed}: token {runs[-1]['scores'][2]:.0%} both right ({run['seconds']:.0f} s, {runs[-1]['stop']}); "
+                  f"best words {best_prompt!r} {words[best_prompt][2]:.0%}", flush=True)
+        rows.append((folder.name, runs, best_prompt, words[best_prompt]))
+        print(f"  all words: {', '.join(f'{p!r} {v[2]:.0%}' for p, v in words.items())}", flush=True)
 
-    print(f"\nmodel: {model.folder}; invert options: {' '.join(options) or '(defaults)'}; {args.seeds} fresh seeds per prompt\n")
-    print("| concept | token: colour / shape / both right | best word prompt | words: both right | invert wall | peak memory | stop |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | --- |")
-    for name, (c, s, b), prompt, words, run, stop in rows:
-        print(f"| {name} | {c:.0%} / {s:.0%} / **{b:.0%}** | {prompt} | {words[2]:.0%} | {run['seconds']:.0f} s | {run['peak_mb']:.0f} MB | {stop} |")
-    token_mean = np.mean([r[1][2] for r in rows])
+    seeds = " / ".join(str(s) for s in args.invert_seeds)
+    print(f"\nmodel: {model.folder}; invert options: {' '.join(options) or '(defaults)'}; inversion seeds {seeds}; {args.seeds} fresh sampling seeds per prompt\n")
+    print(f"| concept | token: both right (seeds {seeds}) | token: mean colour / shape / both | best word prompt | words: both right | invert wall (mean) | peak memory (max) | stops |")
+    print("| --- | ---: | ---: | --- | ---: | ---: | ---: | --- |")
+    for name, runs, prompt, words in rows:
+        c, s, b = np.mean([r["scores"] for r in runs], axis=0)
+        per_seed = " / ".join(f"{r['scores'][2]:.0%}" for r in runs)
+        print(f"| {name} | {per_seed} | {c:.0%} / {s:.0%} / **{b:.0%}** | {prompt} | {words[2]:.0%} | "
+              f"{np.mean([r['seconds'] for r in runs]):.0f} s | {max(r['peak_mb'] for r in runs):.0f} MB | {', '.join(r['stop'] for r in runs)} |")
+    token_mean = np.mean([np.mean([r["scores"][2] for r in runs]) for _, runs, _, _ in rows])
     words_mean = np.mean([r[3][2] for r in rows])
-    print(f"| **mean** | **{token_mean:.0%}** | | {words_mean:.0%} | {np.mean([r[4]['seconds'] for r in rows]):.0f} s | | |")
+    at_least = sum(np.mean([r["scores"][2] for r in runs]) >= words[2] for _, runs, _, words in rows)
+    print(f"| **mean** | | **{token_mean:.0%}** | | {words_mean:.0%} | {np.mean([r['seconds'] for _, runs, _, _ in rows for r in runs]):.0f} s | | |")
+    print(f"\ntoken at least as good as the best words (mean over seeds) on {at_least} of {len(rows)} concepts")
     if args.grid:
         args.grid.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image_grid([im for row in grid_rows for im in row], columns=args.seeds)).save(args.grid)
-        print(f"\ntoken pictures: {args.grid} (one row per concept)")
+        print(f"\ntoken pictures: {args.grid} (one row per concept and inversion seed)")
 
 
 if __name__ == "__main__":

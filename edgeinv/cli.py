@@ -404,7 +404,7 @@ METHOD_HELP = ("cma-es: forward passes only on ONNX Runtime (no torch; --optimiz
 @click.option("--dvar-window", default=None, type=click.IntRange(1), help="DVAR window in UNet sample-evaluations [default: the method's]")
 @click.option("--dvar-threshold", default=None, type=float, help="stop when var(window)/var(history) falls below this [default: the method's]")
 @click.option("--timesteps", default=(0.0, 1.0), show_default=True, type=(float, float), help="train on this fraction range of the schedule")
-@click.option("--loss", default="mse", show_default=True, type=click.Choice(["mse", "log-mse"]), help="how a batch's per-sample denoising losses combine: their mean, or the mean of their logs (every timestep weighs alike)")
+@click.option("--loss", default="log-mse", show_default=True, type=click.Choice(["log-mse", "mse"]), help="how a batch's per-sample denoising losses combine: the mean of their logs (every timestep weighs alike), or their mean (the training loss)")
 @click.option("--flip/--no-flip", default=True, show_default=True, help="also learn from mirrored pictures")
 @click.option("--chunk-size", default=None, type=click.IntRange(1), help="UNet rows per call [default: the most that fit --max-memory, up to 64]")
 @click.option("--max-memory", default=2.0, show_default=True, type=click.FloatRange(0.1), help="GB of memory to stay under when sizing --chunk-size")

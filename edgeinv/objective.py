@@ -90,11 +90,11 @@ def draw_evaluation_set(
 
 
 # How an evaluation set's per-sample losses become one number. "mse" is the training loss
-# (their mean). "log-mse" averages their logarithms: each sample counts by its relative
-# change, so the high-noise timesteps, where colour and layout are decided and the loss is
-# 3-5x smaller, weigh as much as the low-noise ones, where the loss is mostly fine detail
-# (benchmarks/loss_alignment.py measures which of the two ranks the vector that draws the
-# concept first).
+# (their mean). "log-mse" (invert's default) averages their logarithms: each sample counts by
+# its relative change, so the high-noise timesteps, where colour and layout are decided and
+# the loss is 3-5x smaller, weigh as much as the low-noise ones, where the loss is mostly fine
+# detail. benchmarks/loss_alignment.py measures which ranks the vector that draws the concept
+# first; benchmarks/token_vs_words.py what the learned tokens draw with each.
 LOSSES = ("mse", "log-mse")
 
 
