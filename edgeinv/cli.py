@@ -305,7 +305,7 @@ class staged_folder:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("generated.png"), show_default=True,
               help="picture file (.png .jpg .webp ...; no extension: .png): one image, or a grid of all. A folder: one PNG per image plus the grid")
 @click.option("--max-memory", default=2.0, show_default=True, type=click.FloatRange(0.1), help="GB of memory to stay under when sizing UNet calls")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda", "openvino"]), help="openvino: the OpenVINO provider on this CPU (the openvino extra)")
 def generate(prompt, model, embeddings, tokens, negative, steps, guidance, scheduler, seed, count, out, max_memory, device) -> None:
     """Draw PROMPT with the ONNX model (torch is not used)."""
     from PIL import Image
@@ -408,7 +408,7 @@ METHOD_HELP = ("cma-es: forward passes only on ONNX Runtime (no torch; --optimiz
 @click.option("--flip/--no-flip", default=True, show_default=True, help="also learn from mirrored pictures")
 @click.option("--chunk-size", default=None, type=click.IntRange(1), help="UNet rows per call [default: the most that fit --max-memory, up to 64]")
 @click.option("--max-memory", default=2.0, show_default=True, type=click.FloatRange(0.1), help="GB of memory to stay under when sizing --chunk-size")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda", "openvino"]), help="openvino: the OpenVINO provider on this CPU (the openvino extra)")
 @click.option("--threads", default=None, type=click.IntRange(1), help="ONNX Runtime threads [default: all cores; with --ray: 1 per worker]")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS", help="score each population on a Ray cluster: its address, 'auto' (the one `ray start` made here) or 'local' (start one); needs the ray extra")
 @click.option("--workers", default=None, type=click.IntRange(1), help="with --ray: evaluator actors [default: the cluster's CPUs / --threads]")
@@ -458,6 +458,8 @@ def invert(images, method, optimizer, model, token, vectors, init_words, init_ca
         raise UserError(f"{out}: no checkpoint to resume ({', '.join(checkpoints)}); start a new run without --resume")
     if not (0.0 <= timesteps[0] < timesteps[1] <= 1.0):
         raise UserError(f"--timesteps {timesteps[0]} {timesteps[1]}: give 0 <= low < high <= 1")
+    if device == "openvino" and method != "cma-es":
+        raise UserError(f"--device openvino runs ONNX graphs; --method {method} trains in PyTorch: use --device cpu or auto")
     if workers is not None and ray_address is None:
         raise UserError("--workers sets the Ray actors; add --ray ADDRESS (or --ray local)")
     if ray_address is not None:

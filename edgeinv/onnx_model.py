@@ -104,8 +104,23 @@ def chunk_rows(weight_bytes: int, per_row_bytes: int, max_memory_bytes: int) -> 
     return int(max(1, min(MAX_CHUNK, room // max(per_row_bytes, 1))))
 
 
-def available_providers(device: str = "auto") -> list[str]:
-    """ONNX Runtime providers for `device` (auto: CUDA when onnxruntime-gpu sees a GPU)."""
+DEVICES = ("auto", "cpu", "cuda", "openvino")
+
+
+def openvino_options(threads: int | None = None) -> dict:
+    """OpenVINO on the CPU with bf16 inference precision: at SD 1.5's shape 1.07 s per 64x64
+    UNet sample against ONNX Runtime's CPU provider's 3.43 s on the same graph and PyTorch
+    eager's 3.16 s (cosine 0.99973; benchmarks/results/openvino_ep.md). On CPUs without bf16
+    OpenVINO computes in fp32."""
+    options = {"device_type": "CPU", "load_config": json.dumps({"CPU": {"INFERENCE_PRECISION_HINT": "bf16"}})}
+    if threads:
+        options["num_of_threads"] = str(threads)
+    return options
+
+
+def available_providers(device: str = "auto", threads: int | None = None) -> list:
+    """ONNX Runtime providers for `device` (auto: CUDA when onnxruntime-gpu sees a GPU), as
+    InferenceSession takes them: names, or (name, options) pairs."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -115,6 +130,13 @@ def available_providers(device: str = "auto") -> list[str]:
         if "CUDAExecutionProvider" not in available:
             raise UserError("--device cuda: ONNX Runtime has no CUDA provider; `pip uninstall onnxruntime && pip install onnxruntime-gpu` (installing both hides CUDA)")
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "openvino":
+        if "OpenVINOExecutionProvider" not in available:
+            raise UserError("--device openvino: ONNX Runtime has no OpenVINO provider; `pip uninstall -y onnxruntime && pip install \"edgeinv[openvino]\"` "
+                            "(both packages install the same module)")
+        return [("OpenVINOExecutionProvider", openvino_options(threads)), "CPUExecutionProvider"]
+    if device != "auto":
+        raise UserError(f"--device {device}: unknown; choose one of {', '.join(DEVICES)}")
     return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
 
 
@@ -133,7 +155,7 @@ class OnnxStableDiffusion:
         self.vae_scaling_factor = self.manifest["vae_scaling_factor"]
         self.scheduler_config = read_json_config(self.folder / manifest.SCHEDULER_CONFIG)
         self.tokenizer = ClipTokenizer(self.folder / manifest.TOKENIZER_DIR)
-        self.providers = available_providers(device)
+        self.providers = available_providers(device, threads)
         self.threads = threads
         self._sessions: dict = {}
         self._table: np.ndarray | None = None

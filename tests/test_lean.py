@@ -231,3 +231,30 @@ def test_quantize_refuses_to_write_over_its_source(tmp_path):
     source = shutil.copytree(ONNX_DIR, tmp_path / "model")
     done = subprocess.run([sys.executable, "-m", "edgeinv.cli", "export", str(source), "--out", str(source), "--quantize", "int8"], capture_output=True, text=True)
     assert done.returncode == 2 and "other than SOURCE" in done.stderr, done.stderr
+
+
+def test_openvino_device_asks_for_its_provider(monkeypatch):
+    import json as json_module
+
+    import onnxruntime as ort
+
+    from edgeinv.onnx_model import available_providers
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["OpenVINOExecutionProvider", "CPUExecutionProvider"])
+    (name, options), fallback = available_providers("openvino", threads=2)
+    assert (name, fallback) == ("OpenVINOExecutionProvider", "CPUExecutionProvider")
+    assert options["device_type"] == "CPU" and options["num_of_threads"] == "2"
+    assert json_module.loads(options["load_config"]) == {"CPU": {"INFERENCE_PRECISION_HINT": "bf16"}}  # the measured setting
+
+
+def test_openvino_missing_or_with_a_gradient_method_is_one_line(tmp_path):
+    import onnxruntime as ort
+
+    if "OpenVINOExecutionProvider" in ort.get_available_providers():
+        pytest.skip("onnxruntime-openvino is installed here")
+    for args in (["generate", "a red star", "--device", "openvino", "--out", str(tmp_path / "x.png")],
+                 ["invert", str(ONNX_DIR.parent.parent / "examples" / "orange-star"), "--device", "openvino", "--method", "ti", "--out", str(tmp_path / "run")]):
+        result = subprocess.run([sys.executable, "-m", "edgeinv.cli", *args], capture_output=True, text=True)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+        assert "openvino" in result.stderr
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "run").exists()
