@@ -99,7 +99,7 @@ class RayPool:
         self.unet_rows += len(vectors) * len(evaluation)
         if len(vectors) < len(self.actors):
             # Fewer candidates than actors (DVAR's one mean each generation): split the
-            # samples instead; the per-sample losses are averaged here in the same order.
+            # samples instead; the per-sample losses are combined here, in the same order.
             parts = [p for p in np.array_split(np.arange(len(evaluation)), len(self.actors)) if len(p)]
             futures = [actor.row_losses.remote(vectors, evaluation.subset(p)) for actor, p in zip(self.actors, parts)]
             return combine_samples(np.concatenate(self.ray.get(futures), axis=1), self.loss)

@@ -260,7 +260,7 @@ def train(
     prior = None
     if config.method == "custom-diffusion":
         class_word = config.class_word or (" ".join(config.init) if config.init else ranking[0][0])
-        prior_objective = Objective(model, [], class_word, config.property, chunk_size=config.chunk_size)
+        prior_objective = Objective(model, [], class_word, config.property, chunk_size=config.chunk_size, loss=config.loss)
         prior_cache = LatentCache.encode(model, prior_pictures(model, class_word, config.prior_images, config.seed))
         prior = (prior_objective, prior_cache)
 
