@@ -23,11 +23,11 @@ def pca_basis(table: np.ndarray, dim: int, sample_rows: int = 20000, seed: int =
     """(basis [dim, hidden] scaled by each direction's std, explained-variance fractions [dim])."""
     if len(table) > sample_rows:  # a random sample of rows gives the same directions, faster
         table = table[np.random.default_rng(seed).choice(len(table), sample_rows, replace=False)]
-    # Sampled before the float64 copy, and no U matrix: at SD 1.5's size the whole table in
-    # float64 plus a full SVD cost ~0.5 GB on top of the loaded UNet (the run's peak).
+    # Sampled before the float64 copy: at SD 1.5's size the whole table in float64 cost
+    # ~0.3 GB more (invert also computes this before the UNet loads, edgeinv/invert.py).
     centred = np.asarray(table, dtype=np.float64)
     centred -= centred.mean(axis=0)
-    singular_values, directions = np.linalg.svd(centred, full_matrices=False, compute_uv=True)[1:]
+    _, singular_values, directions = np.linalg.svd(centred, full_matrices=False)
     dim = min(dim, directions.shape[0])
     std = singular_values[:dim] / np.sqrt(len(centred))
     explained = singular_values[:dim] ** 2 / (singular_values**2).sum()
