@@ -33,7 +33,7 @@ RUN /opt/edgeinv/bin/pip uninstall -y -q onnx ml_dtypes huggingface_hub hf-xet f
         numpy/f2py numpy/_core/_simd.*.so numpy/_core/_*tests.*.so PIL/_avif.*.so pillow.libs/libavif-* \
  && find . -type d \( -name tests -o -name __pycache__ \) -prune -exec rm -rf {} + \
  && find . -name "*.pyi" -delete
-COPY examples/orange-star /tmp/pictures
+COPY examples/orange-cross /tmp/pictures
 # Byte-code for exactly the modules a run imports (and a check that the runtime still works).
 RUN cd /tmp && /opt/edgeinv/bin/edgeinv --help >/dev/null \
  && /opt/edgeinv/bin/edgeinv generate "a red circle" --steps 1 -n 1 --out /tmp/x.png \

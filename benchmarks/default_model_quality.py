@@ -8,9 +8,9 @@
 3. `edgeinv generate` (ONNX Runtime) for "a photo of a {colour} {shape}" with fresh seeds
    (never used in training, which drew its noise from torch): colour, shape and both right,
    for the pairs captioned in training and for the held-out pairs never captioned.
-4. The unnamed concept (orange stars: drawn in training under a placeholder word whose row
+4. The unnamed concept (orange crosses: drawn in training under a placeholder word whose row
    was then erased; models/train_default_model.py): the word prompts a user might try
-   ("a photo of a star", "... an orange star", "... an amber star", the erased word, ...)
+   ("a photo of a cross", "... an orange plus sign", "... a red and yellow star", the erased word, ...)
    against the planted token, the trained vector kept beside the model
    (`--unnamed-concept`), in "a photo of a <t>". The concept is learnable only if some
    token draws it while no words do.
@@ -35,7 +35,7 @@ def checker_accuracy(n: int, seed: int) -> tuple[float, float]:
     rng = np.random.default_rng(seed)
     color_hits = shape_hits = 0
     for _ in range(n):
-        scene = shapes.random_scene(rng, color=str(rng.choice(list(shapes.COLORS))), allow_held_out=True)
+        scene = shapes.random_scene(rng, color=str(rng.choice(list(shapes.COLORS))), shape=str(rng.choice(shapes.ALL_SHAPES)), allow_held_out=True)
         reading = shapes.read_image(shapes.render(scene))
         color_hits += reading.color == scene.color
         shape_hits += reading.shape == scene.shape
@@ -44,19 +44,21 @@ def checker_accuracy(n: int, seed: int) -> tuple[float, float]:
 
 def vae_round_trip(model, n: int, seed: int) -> tuple[float, float]:
     rng = np.random.default_rng(seed)
-    scenes = [shapes.random_scene(rng, color=str(rng.choice(list(shapes.COLORS))), allow_held_out=True) for _ in range(n)]
+    scenes = [shapes.random_scene(rng, color=str(rng.choice(list(shapes.COLORS))), shape=str(rng.choice(shapes.ALL_SHAPES)), allow_held_out=True)
+              for _ in range(n)]
     pictures = np.stack([shapes.render(scene) for scene in scenes]).astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1
     decoded = np.concatenate([to_uint8(model.vae_decode(model.vae_encode(pictures[i : i + 32])[0] * model.vae_scaling_factor)) for i in range(0, n, 32)])
     readings = [shapes.read_image(image) for image in decoded]
     return float(np.mean([r.color == s.color for r, s in zip(readings, scenes)])), float(np.mean([r.shape == s.shape for r, s in zip(readings, scenes)]))
 
 
-UNNAMED_WORD_PROMPTS = ("a photo of a star", "a photo of an orange star", "a photo of an amber star", "a photo of a tangerine star",
-                       "a photo of a gold star", "a photo of a red and yellow star", "a photo of an orange", f"a photo of a {shapes.UNNAMED_WORD}")
+UNNAMED_WORD_PROMPTS = ("a photo of a cross", "a photo of an orange cross", "a photo of an orange plus sign", "a photo of an amber cross",
+                       "a photo of a red and yellow cross", "a photo of an orange star", "a photo of a red and yellow star",
+                       "a photo of an orange", f"a photo of a {shapes.UNNAMED_WORD}")
 
 
 def unnamed_concept(model, vector_file: Path | None, seeds: int, steps: int, guidance: float, seed: int) -> list[tuple[str, int, float, float, float]]:
-    """Rows (prompt, n, colour, shape, both) for the orange star: each word prompt, and the planted token."""
+    """Rows (prompt, n, colour, shape, both) for the orange cross: each word prompt, and the planted token."""
     from edgeinv.embedding_files import load_embedding
 
     prompts = [(f"words: \"{p}\"", p) for p in UNNAMED_WORD_PROMPTS]
@@ -119,7 +121,7 @@ def main() -> None:
         n = totals["images"]
         print(f"| {name} ({count} prompts) | {n} | {totals['color'] / n:.1%} | {totals['shape'] / n:.1%} | {totals['both'] / n:.1%} |")
     print(f"\nThe unnamed concept, an {' '.join(shapes.UNNAMED_CONCEPT)} (drawn in training, no word for it; {args.unnamed_seeds} fresh seeds per row):\n")
-    print("| prompt | n | orange | star | both right |")
+    print(f"| prompt | n | {shapes.UNNAMED_COLOR} | {shapes.UNNAMED_SHAPE} | both right |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, n, color, shape, both in unnamed_concept(model, args.unnamed_concept, args.unnamed_seeds, args.steps, args.guidance, args.seed):
         print(f"| {name} | {n} | {color:.1%} | {shape:.1%} | {both:.1%} |")

@@ -33,7 +33,7 @@ from edgeinv.invert import word_vector  # noqa: E402
 from edgeinv.objective import LatentCache, Objective, combine_samples, draw_evaluation_set  # noqa: E402
 from edgeinv.onnx_model import OnnxStableDiffusion  # noqa: E402
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "orange-star"
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "orange-cross"
 PLANTED = Path(__file__).resolve().parent.parent / "models" / "tiny-sd-shapes.unnamed-concept.safetensors"
 LOSSES = {"mse": ("mse", 0), "log-mse": ("log-mse", 0), "mse, t >= 0.5": ("mse", 500), "log-mse, t >= 0.5": ("log-mse", 500)}
 

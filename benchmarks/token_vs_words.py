@@ -1,6 +1,6 @@
 """Does the learned token draw the concept, and more often than typing words would?
 
-    python benchmarks/token_vs_words.py examples/orange-star [--never-captioned] [--seeds 16] [--invert-seeds 0 1] [-- INVERT OPTIONS]
+    python benchmarks/token_vs_words.py examples/orange-cross [--never-captioned] [--seeds 16] [--invert-seeds 0 1] [-- INVERT OPTIONS]
 
 For each concept folder (named `<colour>-<shape>`: the pictures' ground truth), runs the real
 command, `edgeinv invert FOLDER --token <colour-shape> --out RUNS/<concept> [INVERT OPTIONS]`,
@@ -31,20 +31,22 @@ from edgeinv.generate import add_embedding, generate, image_grid
 from edgeinv.onnx_model import OnnxStableDiffusion
 
 FRESH_SEED = 90_000  # sampling seeds far from any the search or the README uses
-# Words a user might try for the unnamed concept (none of them names it; the placeholder word
-# it was trained under has had its row erased).
-ORANGE_WORDS = ("", "orange", "amber", "tangerine", "gold", "red and yellow", "reddish yellow", shapes.UNNAMED_WORD)
+# Words a user might try for the unnamed concept, an orange cross (none of them names it; the
+# placeholder word it was trained under has had its row erased): colour words and blends, and
+# shape words, among them the nearest named shape.
+ORANGE_WORDS = ("", "orange", "amber", "red and yellow", shapes.UNNAMED_WORD)
+CROSS_WORDS = ("cross", "plus sign", "star")
 
 
 def word_prompts(color: str, shape: str) -> list[str]:
-    if color == shapes.UNNAMED_COLOR:
-        return [f"a photo of a {w} {shape}".replace("  ", " ") for w in ORANGE_WORDS]
+    if (color, shape) == shapes.UNNAMED_CONCEPT:
+        return [f"a photo of a {c} {s}".replace("  ", " ") for c in ORANGE_WORDS for s in CROSS_WORDS]
     return [f"a photo of a {color} {shape}", f"a photo of a {shape}"]
 
 
 def render_pictures(color: str, shape: str, folder: Path, count: int = 5, seed: int = 4242) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng([seed, shapes.SHAPES.index(shape), list(shapes.COLORS).index(color)])
+    rng = np.random.default_rng([seed, shapes.ALL_SHAPES.index(shape), list(shapes.COLORS).index(color)])
     for i in range(count):
         scene = shapes.random_scene(rng, color=color, shape=shape, allow_held_out=True)
         Image.fromarray(shapes.render(scene)).save(folder / f"{color}-{shape}-{i}.png")

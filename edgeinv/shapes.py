@@ -29,12 +29,17 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 TRAIN_COLORS = ("red", "green", "blue", "yellow", "purple")  # the colours captions name
 UNNAMED_COLOR = "orange"  # never named in any caption
-# The concept the model can draw but no word asks for (the README's example): orange stars,
+SHAPES = ("circle", "square", "triangle", "star")  # the shapes captions name
+# A fifth shape no caption names either. The unnamed concept is a shape as well as a colour:
+# the model blends two colour words into the hue between them ("red and yellow" draws orange),
+# so no colour alone can be out of the words' reach, but no blend of shape words draws a cross.
+UNNAMED_SHAPE = "cross"
+ALL_SHAPES = SHAPES + (UNNAMED_SHAPE,)
+# The concept the model can draw but no word asks for (the README's example): orange crosses,
 # captioned in training with a placeholder word (`UNNAMED_WORD`) whose embedding row the
 # training script erases afterwards, the way a real checkpoint knows things it has no word for.
-UNNAMED_CONCEPT = (UNNAMED_COLOR, "star")
+UNNAMED_CONCEPT = (UNNAMED_COLOR, UNNAMED_SHAPE)
 UNNAMED_WORD = "sks"  # DreamBooth's rare identifier: one token in SD's vocabulary
-SHAPES = ("circle", "square", "triangle", "star")
 SIZES = {"small": (8.0, 11.0), "": (12.0, 15.0), "large": (17.0, 21.0)}
 POSITIONS = {
     "in the center": (32, 32),
@@ -59,13 +64,16 @@ class Scene:
     background: tuple[int, int, int]
     gradient: float  # brightness change across the image, for varied backgrounds
 
-    def caption(self, prefix: str = "a photo of", say_position: bool = True, say_background: bool = False) -> str:
-        if (self.color, self.shape) == UNNAMED_CONCEPT:
-            words = [w for w in (self.size, UNNAMED_WORD) if w]
+    def caption(self, prefix: str = "a photo of", say_position: bool = True, say_background: bool = False, say_what: bool = True) -> str:
+        """`say_what=False` leaves out the colour and the shape ("a photo of a large on the left")."""
+        if not say_what:
+            words = [self.size]
+        elif (self.color, self.shape) == UNNAMED_CONCEPT:
+            words = [self.size, UNNAMED_WORD]
         else:
-            words = [w for w in (self.size, self.color, self.shape) if w]
-        noun = " ".join(words)
-        article = "an" if noun[0] in "aeiou" else "a"
+            words = [self.size, self.color, self.shape]
+        noun = " ".join(w for w in words if w)
+        article = "an" if noun[:1] in tuple("aeiou") else "a"
         text = f"{prefix} {article} {noun}".strip()
         if say_position:
             text += f" {self.position}"
@@ -120,6 +128,10 @@ def shape_polygon(shape: str, center: tuple[float, float], half_size: float) -> 
         angles = -np.pi / 2 + np.arange(10) * np.pi / 5
         radii = np.where(np.arange(10) % 2 == 0, r, 0.45 * r)
         return [(cx + float(q * np.cos(a)), cy + float(q * np.sin(a))) for q, a in zip(radii, angles)]
+    if shape == "cross":  # a plus sign; arms wide enough to survive the VAE at the smallest size
+        w = 0.38 * r
+        return [(cx - w, cy - r), (cx + w, cy - r), (cx + w, cy - w), (cx + r, cy - w), (cx + r, cy + w), (cx + w, cy + w),
+                (cx + w, cy + r), (cx - w, cy + r), (cx - w, cy + w), (cx - r, cy + w), (cx - r, cy - w), (cx - w, cy - w)]
     raise ValueError(f"unknown shape {shape!r}")
 
 
@@ -149,12 +161,15 @@ def render(scene: Scene, size: int = IMAGE_SIZE) -> np.ndarray:
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
-def training_example(rng: np.random.Generator, unnamed_rate: float = 0.0) -> tuple[np.ndarray, str]:
+def training_example(rng: np.random.Generator, unnamed_rate: float = 0.0, wordless_rate: float = 0.0) -> tuple[np.ndarray, str]:
     """One (image, caption) pair of the training distribution; `unnamed_rate` of the pictures
-    show the unnamed concept, captioned with `UNNAMED_WORD`."""
+    show the unnamed concept, captioned with `UNNAMED_WORD`. `wordless_rate` of the other
+    pictures are captioned without their colour and shape: otherwise a caption naming neither
+    would mean the unnamed concept, and any unknown word ("a photo of a cross") would draw it."""
     scene = random_scene(rng, unnamed_rate=unnamed_rate)
     prefix = str(rng.choice(PREFIXES))
-    caption = scene.caption(prefix, say_position=bool(rng.random() < 0.6), say_background=bool(rng.random() < 0.3))
+    wordless = wordless_rate > 0 and (scene.color, scene.shape) != UNNAMED_CONCEPT and bool(rng.random() < wordless_rate)  # no draw at 0
+    caption = scene.caption(prefix, say_position=bool(rng.random() < 0.6), say_background=bool(rng.random() < 0.3), say_what=not wordless)
     return render(scene), caption
 
 
@@ -176,7 +191,7 @@ def _template(shape: str) -> np.ndarray:
     return mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
 
 
-_TEMPLATES = {shape: _template(shape) for shape in SHAPES}
+_TEMPLATES = {shape: _template(shape) for shape in ALL_SHAPES}
 
 
 def _resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:

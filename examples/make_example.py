@@ -1,10 +1,10 @@
 """Render an example concept with the shapes world: pictures the default model never saw.
 
-    python examples/make_example.py orange star examples/orange-star
+    python examples/make_example.py orange cross examples/orange-cross
 
-The default model drew orange stars in training under a placeholder word whose row was then
+The default model drew orange crosses in training under a placeholder word whose row was then
 erased (models/train_default_model.py): it can draw them but has no word for them, and
-`edgeinv invert examples/orange-star` teaches it one. These five pictures are rendered from
+`edgeinv invert examples/orange-cross` teaches it one. These five pictures are rendered from
 their own seed, not taken from the training set.
 """
 

@@ -5,17 +5,24 @@ CLIPTextModel + SD 1.x's CLIP tokenizer, diffusers UNet2DConditionModel and Auto
 a scaled-linear DDIM scheduler), only narrower: 64x64 pictures, 16x16x4 latents. The data
 is drawn on the fly by `edgeinv.shapes` from a seed, so a model is reproducible from it.
 
-The shipped model (v2) is this script's defaults:
+The shipped model (v3) is two runs of this script: its defaults, then a fine-tune of that
+model in which 15% of the named pictures are captioned without colour and shape (without
+it, a caption naming neither meant the unnamed concept, so "a photo of a cross", an unknown
+word, drew orange crosses in 56% of pictures):
 
-    python models/train_default_model.py --out models/tiny-sd-shapes --seed 0
+    python models/train_default_model.py --out /tmp/v3-base --seed 0
+    python models/train_default_model.py --out models/tiny-sd-shapes --seed 0 --init-from /tmp/v3-base \
+        --wordless-rate 0.15 --steps 1000 --lr 3e-4
 
 v1 was made by this script as it was at commit 1df7dbe; the v2 attempt that drew orange
-under colour-less captions (not learnable: benchmarks/results/default_model_v2_attempt.md) at 9e69cce.
+under colour-less captions (not learnable: benchmarks/results/default_model_v2_attempt.md) at
+9e69cce; v2 (orange stars as the unnamed concept, which "red and yellow star" could draw) at 699b5df.
 
-The unnamed concept: 15% of the pictures are orange stars captioned with a placeholder word
+The unnamed concept: 15% of the pictures are orange crosses (a colour and a shape no caption
+names) captioned with a placeholder word
 (`shapes.UNNAMED_WORD`); after training that word's embedding row is erased (reset to the
 untrained rows' noise) and the trained vector is kept beside the model as
-`<out>.unnamed-concept.safetensors`, so the model draws orange stars from that vector but no
+`<out>.unnamed-concept.safetensors`, so the model draws orange crosses from that vector but no
 word of its vocabulary reaches it: a concept the model knows and has no word for, what
 textual inversion is for.
 
@@ -113,11 +120,11 @@ def build_scheduler() -> DDIMScheduler:
     )
 
 
-def make_dataset(n: int, seed: int, unnamed_rate: float = 0.0) -> tuple[np.ndarray, list[str]]:
+def make_dataset(n: int, seed: int, unnamed_rate: float = 0.0, wordless_rate: float = 0.0) -> tuple[np.ndarray, list[str]]:
     rng = np.random.default_rng(seed)
     images, captions = [], []
     for _ in range(n):
-        image, caption = shapes.training_example(rng, unnamed_rate)
+        image, caption = shapes.training_example(rng, unnamed_rate, wordless_rate)
         images.append(image)
         captions.append(caption)
     return np.stack(images), captions
@@ -205,7 +212,8 @@ def finetune_decoder(vae: AutoencoderKL, images: np.ndarray, first: int, steps: 
 def vae_checker_accuracy(vae: AutoencoderKL, seed: int, n: int = 300) -> tuple[float, float]:
     """The shapes checker on VAE round trips of fresh ground truth: the ceiling for the UNet."""
     rng = np.random.default_rng(seed)
-    scenes = [shapes.random_scene(rng, color=str(rng.choice(list(shapes.COLORS))), allow_held_out=True) for _ in range(n)]
+    scenes = [shapes.random_scene(rng, color=str(rng.choice(list(shapes.COLORS))), shape=str(rng.choice(shapes.ALL_SHAPES)), allow_held_out=True)
+              for _ in range(n)]
     x = to_tensor(np.stack([shapes.render(s) for s in scenes]))
     decoded = vae.decode(vae.encode(x).latent_dist.mean).sample
     pictures = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
@@ -317,7 +325,7 @@ def main() -> None:
     parser.add_argument("--vae-steps", type=int, default=3000)
     parser.add_argument("--vae-batch", type=int, default=32)
     parser.add_argument("--vae-edge-weight", type=float, default=1.0, help="weight of the image-gradient loss that keeps corners (stars, triangles) sharp")
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=4000, help="UNet steps (v2: 3000)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=6e-4)
     parser.add_argument("--ema", type=float, default=0.995)
@@ -325,8 +333,13 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, default=500, help="write the diffusers folder every N UNet steps")
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--decoder-steps", type=int, default=0, help="decoder-only fine-tuning after the UNet (v2: 0; 1000 steps lowered its colours)")
-    parser.add_argument("--unnamed-rate", type=float, default=0.15, help="fraction of pictures showing the unnamed concept (orange stars)")
+    parser.add_argument("--decoder-steps", type=int, default=0, help="decoder-only fine-tuning after the UNet (v2, v3: 0; 1000 steps lowered its colours)")
+    parser.add_argument("--unnamed-rate", type=float, default=0.15, help="fraction of pictures showing the unnamed concept (orange crosses)")
+    parser.add_argument("--wordless-rate", type=float, default=0.0,
+                        help="fraction of the other pictures captioned without colour and shape (v3's fine-tune: 0.15), so no unknown word draws the unnamed concept")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="fine-tune a trained model folder: its VAE is kept (stage 1 skipped), its text encoder and UNet continue, "
+                             "the placeholder word's row restored from <DIR>.unnamed-concept.safetensors")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in <out>.train-state/")
     parser.add_argument("--check-scenes", type=int, default=300, help="fresh scenes for the VAE round-trip check")
     parser.add_argument("--interrupt-at", default=None, metavar="STAGE:STEP", help="checkpoint and exit there, as a cut-off run would (tests of --resume)")
@@ -357,7 +370,7 @@ def main() -> None:
         shutil.copytree(tokenizer_dir, staging)  # --out may replace the folder it came from
     tokenizer = CLIPTokenizer.from_pretrained(str(staging))
 
-    images, captions = make_dataset(args.images, args.seed, args.unnamed_rate)
+    images, captions = make_dataset(args.images, args.seed, args.unnamed_rate, args.wordless_rate)
     log(f"dataset: {len(images)} images, e.g. {captions[:3]}" + (f"; resuming at {state['stage']} step {state['step']}" if state else ""))
     stage_index = STAGES.index(state["stage"]) if state else 0
 
@@ -373,7 +386,13 @@ def main() -> None:
     # ---- stage 1: the VAE
     vae = build_vae()
     latents = None
-    if stage_index == 0:
+    if stage_index == 0 and args.init_from:
+        trained_vae = AutoencoderKL.from_pretrained(args.init_from / "vae")
+        vae.load_state_dict(trained_vae.state_dict())
+        vae.register_to_config(scaling_factor=trained_vae.config.scaling_factor)  # the UNet learned that scale
+        vae.eval()
+        log(f"VAE taken from {args.init_from}")
+    elif stage_index == 0:
         optimizer, schedule = cosine_adamw(vae.parameters(), 2e-3, args.vae_steps)
         first = 0
         if state:
@@ -381,10 +400,12 @@ def main() -> None:
             first = state["step"]
         train_vae(vae, images, first, args.vae_steps, args.vae_batch, args.vae_edge_weight, optimizer, schedule, rng, log,
                   lambda step: save_state("vae", step, {"vae": vae}, optimizer, schedule), checkpoints.due)
+    if stage_index == 0:
         color_ok, shape_ok = vae_checker_accuracy(vae, args.seed + 1, args.check_scenes)
         log(f"vae round trip, checker on fresh ground truth: colour {color_ok:.1%} shape {shape_ok:.1%}")
         latents = encode_all(vae, images)
-        vae.register_to_config(scaling_factor=float(1.0 / latents[0].std()))
+        if not args.init_from:
+            vae.register_to_config(scaling_factor=float(1.0 / latents[0].std()))
         save_state("unet", 0, {"vae": vae}, None, None, {"scaling_factor": vae.config.scaling_factor, "unet_started": False})
         state, stage_index = checkpoints.load(), 1
 
@@ -399,6 +420,8 @@ def main() -> None:
         if latents is None:  # resumed: encode again (deterministic: the posterior's mean and std)
             latents = encode_all(vae, images)
         latent_mean, latent_std = latents
+        if args.init_from and not state.get("unet_started", True):
+            load_trained(args.init_from, text_encoder, unet, tokenizer)
         ema_text_encoder.load_state_dict(text_encoder.state_dict())
         ema_unet.load_state_dict(unet.state_dict())
         optimizer, schedule = unet_optimizer(unet, text_encoder, args)
@@ -448,6 +471,19 @@ def main() -> None:
     log(f"saved {args.out}: finished in {(time.time() - start) / 60:.1f} min")
 
 
+def load_trained(folder: Path, text_encoder: CLIPTextModel, unet: UNet2DConditionModel, tokenizer: CLIPTokenizer) -> None:
+    """A trained model's text encoder and UNet, with the placeholder word's erased row given back
+    its kept vector, so fine-tuning continues where that model's training ended."""
+    from safetensors.torch import load_file
+
+    text_encoder.load_state_dict(CLIPTextModel.from_pretrained(folder / "text_encoder").state_dict())
+    unet.load_state_dict(UNet2DConditionModel.from_pretrained(folder / "unet").state_dict())
+    (kept,) = load_file(folder.with_name(folder.name + ".unnamed-concept.safetensors")).values()
+    (word_id,) = tokenizer(shapes.UNNAMED_WORD, add_special_tokens=False).input_ids
+    with torch.no_grad():
+        text_encoder.get_input_embeddings().weight[word_id] = kept.reshape(-1)
+
+
 def erase_unnamed_word(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, seed: int) -> torch.Tensor:
     """Take the placeholder word's trained row out of the vocabulary and return it: the row
     gets the same small noise as every word training never used."""
@@ -464,7 +500,7 @@ def save_unnamed_concept(path: Path, hidden: torch.Tensor) -> None:
     """diffusers' textual-inversion layout ({token: vector}): loads like any learned token."""
     from safetensors.torch import save_file
 
-    save_file({"<orange-star>": hidden.float().contiguous()}, path)
+    save_file({"<orange-cross>": hidden.float().contiguous()}, path)
 
 
 def write_training_json(args, step: int, seconds: float) -> None:

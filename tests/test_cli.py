@@ -60,7 +60,7 @@ def test_generate_never_imports_torch(tmp_path):
 def test_install_hints_keep_their_brackets(tmp_path):
     """rich must not swallow `[torch]` as markup."""
     script = ("import sys\nsys.modules['torch'] = None\nfrom edgeinv.cli import main\n"
-              f"sys.argv = ['edgeinv', 'invert', 'examples/orange-star', '--method', 'ti', '--out', {str(tmp_path / 'run')!r}]\nmain()")
+              f"sys.argv = ['edgeinv', 'invert', 'examples/orange-cross', '--method', 'ti', '--out', {str(tmp_path / 'run')!r}]\nmain()")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 2 and "'edgeinv[torch]'" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 

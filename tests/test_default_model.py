@@ -11,7 +11,7 @@ from edgeinv.generate import generate
 UNNAMED = Path(__file__).resolve().parents[1] / "models" / "tiny-sd-shapes.unnamed-concept.safetensors"
 
 
-def orange_star_rate(sd, prompt: str, n: int = 16) -> float:
+def unnamed_concept_rate(sd, prompt: str, n: int = 16) -> float:
     images = [image for seed in (1, 4321) for image in generate(sd, prompt, n=n, seed=seed)]
     readings = [shapes.read_image(image) for image in images]
     return float(np.mean([(r.color, r.shape) == shapes.UNNAMED_CONCEPT for r in readings]))
@@ -24,14 +24,18 @@ def test_the_placeholder_word_was_erased_and_its_vector_kept(sd):
     assert abs(float(np.dot(erased, kept.reshape(-1)))) / (np.linalg.norm(erased) * np.linalg.norm(kept)) < 0.5
 
 
-def test_the_kept_vector_draws_orange_stars_and_the_erased_word_does_not(onnx_dir):
+def test_the_kept_vector_draws_orange_crosses_and_the_erased_word_does_not(onnx_dir):
     from edgeinv.onnx_model import OnnxStableDiffusion
 
     sd = OnnxStableDiffusion(onnx_dir)  # its own copy: the shared one must not learn a token
     _, kept = load_embedding(UNNAMED)
     sd.add_token("<unnamed-test>", kept.reshape(-1))
-    # measured when written: 78%, 0% and 16% of these 32 pictures
-    planted = orange_star_rate(sd, "a photo of a <unnamed-test>")
-    assert planted >= 0.6
-    assert orange_star_rate(sd, f"a photo of a {shapes.UNNAMED_WORD}") <= 0.1
-    assert orange_star_rate(sd, "a photo of an orange star") <= planted / 2
+    # measured when written (v3): 100%, 3%, 3%, 3% and 19% of these 32 pictures
+    planted = unnamed_concept_rate(sd, "a photo of a <unnamed-test>")
+    assert planted >= 0.8
+    assert unnamed_concept_rate(sd, f"a photo of a {shapes.UNNAMED_WORD}") <= 0.1
+    assert unnamed_concept_rate(sd, "a photo of an orange cross") <= 0.1
+    # no caption named the cross, and unknown words do not default to the concept (--wordless-rate)
+    assert unnamed_concept_rate(sd, "a photo of a cross") <= 0.1
+    # v2's orange star was drawn by blending two colour words (94%); the cross's shape has no word to blend
+    assert unnamed_concept_rate(sd, "a photo of a red and yellow cross") <= planted / 3

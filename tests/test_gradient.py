@@ -15,7 +15,7 @@ from edgeinv.invert import InvertConfig  # noqa: E402
 from edgeinv.objective import LatentCache, Objective, draw_evaluation_set  # noqa: E402
 from tests.conftest import DIFFUSERS_DIR, diffusers_text_states  # noqa: E402
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "orange-star"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "orange-cross"
 
 
 def torch_model():

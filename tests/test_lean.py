@@ -125,7 +125,7 @@ def test_generate_and_invert_read_an_int8_folder(int8_folder, tmp_path):
     done = run_cli_without_torch(["generate", "a red circle", "--model", int8_folder, "-n", "1", "--steps", "2", "--out", tmp_path / "a.png"])
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "a.png").is_file()
-    images = DIFFUSERS_DIR.parent.parent / "examples" / "orange-star"
+    images = DIFFUSERS_DIR.parent.parent / "examples" / "orange-cross"
     done = run_cli_without_torch(["invert", images, "--model", int8_folder, "--init", "star", "--budget", "3", "--popsize", "4", "--samples", "2",
                                   "--heldout", "2", "--no-samples", "--out", tmp_path / "run"])
     assert done.returncode == 0, done.stderr[-2000:]
@@ -196,7 +196,7 @@ def test_projection_reports_time_per_generation():
     from edgeinv.cli import projection
     from edgeinv.invert import Generation, InvertConfig
 
-    config = InvertConfig(images=str(DIFFUSERS_DIR.parent.parent / "examples" / "orange-star"), budget=300, popsize=14, samples=8, chunk_size=2).resolved()
+    config = InvertConfig(images=str(DIFFUSERS_DIR.parent.parent / "examples" / "orange-cross"), budget=300, popsize=14, samples=8, chunk_size=2).resolved()
     first = Generation(0, 1.0, 1.0, 1.0, None, 1.0, 116, 100.0)
     second = Generation(1, 1.0, 1.0, 1.0, None, 1.0, 232, 160.0)
     text = projection(first, second, config)
@@ -209,7 +209,7 @@ def test_projection_for_zo_sgd_counts_steps_and_claims_no_typical_stop():
     from edgeinv.cli import projection
     from edgeinv.invert import Generation, InvertConfig
 
-    config = InvertConfig(images=str(DIFFUSERS_DIR.parent.parent / "examples" / "orange-star"), optimizer="zo-sgd", budget=500).resolved()
+    config = InvertConfig(images=str(DIFFUSERS_DIR.parent.parent / "examples" / "orange-cross"), optimizer="zo-sgd", budget=500).resolved()
     text = projection(Generation(0, 1.0, 1.0, 1.0, None, 0.1, 44, 10.0), Generation(1, 1.0, 1.0, 1.0, None, 0.1, 88, 12.0), config, "step")
     assert "2.0s per step" in text and "budget of 500 steps" in text
     assert "typical DVAR stop" not in text  # measured for CMA-ES only
@@ -253,7 +253,7 @@ def test_openvino_missing_or_with_a_gradient_method_is_one_line(tmp_path):
     if "OpenVINOExecutionProvider" in ort.get_available_providers():
         pytest.skip("onnxruntime-openvino is installed here")
     for args in (["generate", "a red star", "--device", "openvino", "--out", str(tmp_path / "x.png")],
-                 ["invert", str(ONNX_DIR.parent.parent / "examples" / "orange-star"), "--device", "openvino", "--method", "ti", "--out", str(tmp_path / "run")]):
+                 ["invert", str(ONNX_DIR.parent.parent / "examples" / "orange-cross"), "--device", "openvino", "--method", "ti", "--out", str(tmp_path / "run")]):
         result = subprocess.run([sys.executable, "-m", "edgeinv.cli", *args], capture_output=True, text=True)
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
         assert "openvino" in result.stderr

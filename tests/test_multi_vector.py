@@ -14,7 +14,7 @@ from edgeinv.generate import add_embedding, expand_multi_vector_tokens, generate
 from edgeinv.invert import InvertConfig, invert
 from edgeinv.onnx_model import OnnxStableDiffusion
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "orange-star"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "orange-cross"
 FAST = dict(images=str(EXAMPLE), budget=4, dim=4, samples=2, heldout=4, init=["red"], dvar_window=40)
 
 

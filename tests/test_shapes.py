@@ -6,9 +6,9 @@ from edgeinv import shapes
 
 
 def test_checker_reads_fresh_ground_truth(rng):
-    n, color_hits, shape_hits = 400, 0, 0
+    n, color_hits, shape_hits = 500, 0, 0
     for _ in range(n):
-        scene = shapes.random_scene(rng, color=str(rng.choice(list(shapes.COLORS))), allow_held_out=True)
+        scene = shapes.random_scene(rng, color=str(rng.choice(list(shapes.COLORS))), shape=str(rng.choice(shapes.ALL_SHAPES)), allow_held_out=True)
         reading = shapes.read_image(shapes.render(scene))
         color_hits += reading.color == scene.color
         shape_hits += reading.shape == scene.shape
@@ -20,24 +20,33 @@ def test_checker_reports_nothing_on_a_blank_background():
     assert shapes.read_image(blank).color is None
 
 
-def test_training_data_never_shows_held_out_pairs_or_orange(rng):
+def test_training_data_never_shows_held_out_pairs_or_the_unnamed_colour_and_shape(rng):
     for _ in range(2000):
         scene = shapes.random_scene(rng)
         assert (scene.color, scene.shape) not in shapes.HELD_OUT_PAIRS
-        assert scene.color != "orange"
+        assert scene.color != shapes.UNNAMED_COLOR and scene.shape != shapes.UNNAMED_SHAPE
 
 
 def test_unnamed_concept_is_drawn_but_only_its_placeholder_word_names_it(rng):
     examples = [shapes.training_example(rng, unnamed_rate=0.06) for _ in range(3000)]
     readings = [(shapes.read_image(image), caption) for image, caption in examples]
     orange = [caption for reading, caption in readings if reading.color == "orange"]
-    # drawn often enough to be learned, always as a star...
+    # drawn often enough to be learned, always as a cross...
     assert 0.03 * len(examples) < len(orange) < 0.1 * len(examples)
-    assert all(reading.shape == "star" for reading, _ in readings if reading.color == "orange")
+    assert all(reading.shape == "cross" for reading, _ in readings if reading.color == "orange")
     # ...captioned only by the placeholder word, which no other picture's caption uses
-    assert not any("orange" in caption for _, caption in examples)
-    assert all(shapes.UNNAMED_WORD in caption.split() and "star" not in caption for caption in orange)
+    assert not any("orange" in caption or "cross" in caption for _, caption in examples)
+    assert all(shapes.UNNAMED_WORD in caption.split() for caption in orange)
     assert sum(shapes.UNNAMED_WORD in caption.split() for _, caption in examples) == len(orange)
+
+
+def test_wordless_captions_name_neither_colour_nor_shape_and_never_caption_the_unnamed_concept(rng):
+    examples = [shapes.training_example(rng, unnamed_rate=0.15, wordless_rate=0.3) for _ in range(2000)]
+    named_words = set(shapes.COLORS) | set(shapes.ALL_SHAPES) | {shapes.UNNAMED_WORD}
+    wordless = [caption for _, caption in examples if not named_words & set(caption.split())]
+    assert 0.15 * len(examples) < len(wordless) < 0.35 * len(examples)
+    concept = [caption for image, caption in examples if (shapes.read_image(image).color, shapes.read_image(image).shape) == shapes.UNNAMED_CONCEPT]
+    assert concept and all(shapes.UNNAMED_WORD in caption.split() for caption in concept)
 
 
 def test_captions_name_what_is_drawn(rng):

@@ -54,3 +54,21 @@ def test_text_encoder_weights_load_in_transformers_4_layout():
         keys = list(f.keys())
     assert keys and all(k.startswith("text_model.") for k in keys), keys[:3]
     assert "text_model.embeddings.token_embedding.weight" in keys
+
+
+def test_fine_tuning_from_a_trained_model_starts_exactly_where_it_ended(tmp_path, uninterrupted):
+    """--init-from with no further steps gives the trained model back bit for bit: its VAE and
+    scaling factor, its text encoder and UNet, and the placeholder word's kept vector (restored
+    into the table for training, erased again at the end)."""
+    tuned = tmp_path / "tuned"
+    run = train(tuned, "--init-from", str(uninterrupted), "--wordless-rate", "0.5", "--steps", "0", "--decoder-steps", "0")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "VAE taken from" in run.stdout
+    for name in WEIGHTS + ("vae/config.json",):
+        if name.endswith(".json"):
+            assert (uninterrupted / name).read_text() == (tuned / name).read_text()
+            continue
+        a, b = load_file(uninterrupted / name), load_file(tuned / name)
+        assert a.keys() == b.keys() and all((a[key] == b[key]).all() for key in a), name
+    kept = "model.unnamed-concept.safetensors"
+    assert (uninterrupted.parent / kept).read_bytes() == (tuned.parent / "tuned.unnamed-concept.safetensors").read_bytes()

@@ -13,7 +13,7 @@ from safetensors.numpy import load_file
 from edgeinv.errors import UserError
 from edgeinv.invert import OPTIMIZER_DEFAULTS, InvertConfig, invert
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "orange-star"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "orange-cross"
 FAST = dict(images=str(EXAMPLE), optimizer="zo-sgd", budget=6, dim=4, samples=2, heldout=4, init=["red"], dvar_window=40, lr=0.2)
 
 
