@@ -188,9 +188,9 @@ def load_torch_pipeline(source: str, config: str | None):
         return load_pipeline(source, config)
 
 
-# Mean DVAR stop on the 8 planted concepts, in UNet sample-evaluations (generation 62 at the
-# default population, default model v2, log-mse: benchmarks/results/planted_concepts_v2.md).
-TYPICAL_DVAR_STOP_EVALUATIONS = 7250
+# Mean DVAR stop on the 8 planted concepts, in UNet sample-evaluations (generation 138 at the
+# default population, default model v3, log-mse: benchmarks/results/planted_concepts_v3.md).
+TYPICAL_DVAR_STOP_EVALUATIONS = 15964
 
 
 def projection(first, second, config, unit: str = "generation") -> str:

@@ -202,7 +202,7 @@ def test_projection_reports_time_per_generation():
     text = projection(first, second, config)
     assert "60.0s per generation" in text
     assert "5.0 h more to the budget of 300 generations" in text  # 298 generations x 60 s
-    assert "~generation 62" in text  # 7250 UNet evaluations (the v2 planted runs) at 116 a generation
+    assert "~generation 138" in text  # 15964 UNet evaluations (the v3 planted runs) at 116 a generation
 
 
 def test_projection_for_zo_sgd_counts_steps_and_claims_no_typical_stop():
