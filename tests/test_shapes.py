@@ -45,7 +45,8 @@ def test_wordless_captions_name_neither_colour_nor_shape_and_never_caption_the_u
     named_words = set(shapes.COLORS) | set(shapes.ALL_SHAPES) | {shapes.UNNAMED_WORD}
     wordless = [caption for _, caption in examples if not named_words & set(caption.split())]
     assert 0.15 * len(examples) < len(wordless) < 0.35 * len(examples)
-    concept = [caption for image, caption in examples if (shapes.read_image(image).color, shapes.read_image(image).shape) == shapes.UNNAMED_CONCEPT]
+    readings = [(shapes.read_image(image), caption) for image, caption in examples]
+    concept = [caption for reading, caption in readings if (reading.color, reading.shape) == shapes.UNNAMED_CONCEPT]
     assert concept and all(shapes.UNNAMED_WORD in caption.split() for caption in concept)
 
 
