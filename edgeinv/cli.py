@@ -188,9 +188,9 @@ def load_torch_pipeline(source: str, config: str | None):
         return load_pipeline(source, config)
 
 
-# Mean DVAR stop on the 8 planted concepts, in UNet sample-evaluations (generation 138 at the
-# default population, default model v3, log-mse: benchmarks/results/planted_concepts_v3.md).
-TYPICAL_DVAR_STOP_EVALUATIONS = 15964
+# Mean DVAR stop of the defaults in the token-against-words race, in UNet sample-evaluations
+# (generation 205 of 300 at d = 64; default model v3: benchmarks/results/token_vs_words.md).
+TYPICAL_DVAR_STOP_EVALUATIONS = 27100
 
 
 def projection(first, second, config, unit: str = "generation") -> str:
@@ -397,7 +397,8 @@ METHOD_HELP = ("cma-es: forward passes only on ONNX Runtime (no torch; --optimiz
 @click.option("--popsize", default=None, type=click.IntRange(2), help="cma-es: candidates per generation [default: 4 + 3 ln dim]")
 @click.option("--probes", default=None, type=click.IntRange(1), help="zo-sgd: probe directions per step [default: 4]")
 @click.option("--mu", default=None, type=click.FloatRange(min=0.0, min_open=True), help="zo-sgd: probe length in vocabulary spreads [default: 0.1]")
-@click.option("--dim", default=32, show_default=True, type=click.IntRange(1), help="forward-only: search subspace dimension (per vector)")
+@click.option("--sigma0", default=None, type=click.FloatRange(min=0.0, min_open=True), help="cma-es: initial step size, in vocabulary spreads along each subspace direction [default: 1]")
+@click.option("--dim", default=None, type=click.IntRange(1), help="forward-only: search subspace dimension (per vector) [default: 64 for cma-es, 32 for zo-sgd]")
 @click.option("--subspace", default="pca", show_default=True, type=click.Choice(["pca", "random", "none"]), help="forward-only: search subspace (none: the whole embedding)")
 @click.option("--samples", default=8, show_default=True, type=click.IntRange(1), help="forward-only: evaluation samples per generation or step (shared by all candidates)")
 @click.option("--heldout", default=32, show_default=True, type=click.IntRange(1), help="held-out samples that choose the final vector")
@@ -422,7 +423,7 @@ METHOD_HELP = ("cma-es: forward passes only on ONNX Runtime (no torch; --optimiz
 @click.option("--checkpoint-every", default=25, show_default=True, type=click.IntRange(1), help="gradient methods: steps between checkpoints")
 @click.option("--no-samples", is_flag=True, help="skip drawing samples.png")
 def invert(images, method, optimizer, model, token, vectors, init_words, init_candidates, concept_kind, out, resume, overwrite, seed, budget, popsize,
-           probes, mu, dim, subspace, samples, heldout, dvar_window, dvar_threshold, timesteps, loss, flip, chunk_size, max_memory, device, threads, ray_address, workers, lr, weights_lr,
+           probes, mu, sigma0, dim, subspace, samples, heldout, dvar_window, dvar_threshold, timesteps, loss, flip, chunk_size, max_memory, device, threads, ray_address, workers, lr, weights_lr,
            batch_size, rank, class_word,
            prior_images, mixed_precision, checkpoint_every, no_samples) -> None:
     """Learn TOKEN from the pictures in IMAGES (default method: forward passes only, no torch).
@@ -460,6 +461,8 @@ def invert(images, method, optimizer, model, token, vectors, init_words, init_ca
         raise UserError(f"--timesteps {timesteps[0]} {timesteps[1]}: give 0 <= low < high <= 1")
     if device == "openvino" and method != "cma-es":
         raise UserError(f"--device openvino runs ONNX graphs; --method {method} trains in PyTorch: use --device cpu or auto")
+    if sigma0 is not None and (method != "cma-es" or optimizer != "cma-es"):
+        raise UserError(f"--sigma0 is CMA-ES's initial step size; it does nothing with {'--method ' + method if method != 'cma-es' else '--optimizer ' + optimizer}: leave it out")
     if workers is not None and ray_address is None:
         raise UserError("--workers sets the Ray actors; add --ray ADDRESS (or --ray local)")
     if ray_address is not None:
@@ -469,7 +472,7 @@ def invert(images, method, optimizer, model, token, vectors, init_words, init_ca
 
         require_ray()
     config = InvertConfig(images=str(images), model=model, method=method, optimizer=optimizer, token=token, vectors=vectors, init=list(init_words),
-                          init_candidates=init_candidates, property=concept_kind, seed=seed, budget=budget, popsize=popsize, probes=probes, mu=mu,
+                          init_candidates=init_candidates, property=concept_kind, seed=seed, budget=budget, popsize=popsize, probes=probes, mu=mu, sigma0=1.0 if sigma0 is None else sigma0,
                           dim=dim, subspace=subspace, samples=samples, heldout=heldout,
                           dvar_window=dvar_window, dvar_threshold=dvar_threshold, timesteps=tuple(timesteps), loss=loss, flip=flip, chunk_size=chunk_size or 64,
                           device=device, threads=threads, ray=ray_address, workers=workers, lr=lr, weights_lr=weights_lr, batch_size=batch_size, rank=rank, class_word=class_word,

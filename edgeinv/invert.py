@@ -45,6 +45,7 @@ from edgeinv.subspace import make_basis
 CHECKPOINT = "checkpoint.json"  # no pickle: the optimiser is rebuilt by replaying the recorded generations
 OLD_CHECKPOINTS = ("checkpoint.pkl",)  # older edgeinv pickled the optimiser; never unpickled
 MAX_TOKEN_LENGTH = 100  # characters; the token names a file (<token>.safetensors)
+FROZEN_SET, HELDOUT_SET, SEARCH_SET = 1, 2, 3  # what an evaluation set is for: part of its seed
 
 
 @dataclass(frozen=True)
@@ -56,13 +57,17 @@ class MethodDefaults:
     weights_lr: float | None = None  # LoRA / K,V projections
     probes: int | None = None  # zo-sgd: probe directions per step
     mu: float | None = None  # zo-sgd: probe length, in basis units (vocabulary spreads)
+    dim: int | None = None  # forward-only: search subspace dimension per vector
 
 
-# cma-es: window and threshold as measured in benchmarks/planted_concepts.py. The gradient methods start
+# cma-es: measured by benchmarks/token_vs_words.py on the default model (benchmarks/results/token_vs_words.md):
+# all 64 directions of its embedding and a 12,000-evaluation DVAR window drew the concepts in 82% of
+# pictures; 32 directions with a 4,000-evaluation window (the earlier defaults) in 61%, stopping sooner
+# (CMA-ES adapts over a number of generations that grows with the dimension). The gradient methods start
 # from the DVAR paper's published settings (window 310 / 440 / 180 steps, at batch 4 here);
 # budgets and learning rates are scaled for the tiny default model (benchmarks/gradient_methods.py).
 METHOD_DEFAULTS = {
-    "cma-es": MethodDefaults(budget=300, dvar_window=4000, dvar_threshold=0.15),
+    "cma-es": MethodDefaults(budget=300, dvar_window=12000, dvar_threshold=0.15, dim=64),
     # ti: re-tuned from the published 310 steps / 0.15 (no stop within 1500 steps on one concept)
     "ti": MethodDefaults(budget=1500, dvar_window=150 * 4, dvar_threshold=0.3, lr=5e-3),
     "dreambooth": MethodDefaults(budget=1000, dvar_window=440 * 4, dvar_threshold=0.4, lr=5e-3, weights_lr=5e-4),
@@ -72,7 +77,7 @@ METHOD_DEFAULTS = {
 # The forward-only method's defaults per --optimizer (cma-es: METHOD_DEFAULTS["cma-es"]).
 # zo-sgd: measured in benchmarks/results/zo_sgd.md; the DVAR window is cma-es's, in the same unit.
 OPTIMIZER_DEFAULTS = {
-    "zo-sgd": MethodDefaults(budget=500, dvar_window=4000, dvar_threshold=0.15, lr=1.0, probes=4, mu=0.1),
+    "zo-sgd": MethodDefaults(budget=500, dvar_window=4000, dvar_threshold=0.15, lr=1.0, probes=4, mu=0.1, dim=32),
 }
 
 
@@ -87,7 +92,7 @@ class InvertConfig:
     seed: int = 0
     budget: int | None = None  # None: the method's default (METHOD_DEFAULTS)
     popsize: int | None = None  # None: pycma's 4 + 3 ln d
-    dim: int = 32  # benchmarks/subspace_dim.py: best worst-case R on the planted concepts
+    dim: int | None = None  # None: the optimiser's default (64 for cma-es, 32 for zo-sgd)
     subspace: str = "pca"  # or "random", or "none" (the whole embedding, each coordinate scaled by its spread)
     optimizer: str = "cma-es"  # the forward-only method's optimiser: cma-es or zo-sgd (edgeinv/optimizers.py)
     vectors: int = 1  # vectors per token (AUTOMATIC1111's "vectors per token")
@@ -309,7 +314,7 @@ def check_token_text(token: str) -> None:
 def check_dim(config: InvertConfig, model) -> None:
     limit = min(model.hidden_size, model.vocab_size)
     if config.method == "cma-es" and config.subspace != "none" and config.dim > limit:  # --subspace none ignores --dim
-        raise UserError(f"--dim {config.dim}: this model's token space has only {limit} directions; use --dim {limit} or less (default 32)")
+        raise UserError(f"--dim {config.dim}: this model's token space has only {limit} directions; use --dim {limit} or less")
 
 
 # ---------------------------------------------------------------- the loop
@@ -348,17 +353,15 @@ def search(config: InvertConfig, out_dir: Path | None, saved: dict | None, progr
     """Initialise, search, stop, choose: everything after the model and the evaluator are ready."""
     cache = LatentCache.encode(model, image_set.images)
     model.release(manifest.VAE_ENCODER)  # encoded once; its activations are the largest after the UNet's
-    steps = timestep_range(*config.timesteps, int(model.scheduler_config.get("num_train_timesteps", 1000)))
     # Before the UNet's session opens: the PCA's temporary arrays (~0.4 GB at SD 1.5's
     # vocabulary) would otherwise sit on top of the loaded UNet and set the run's peak.
     basis = make_basis(config.subspace, model.token_table, config.dim, config.seed)
 
     def evaluation_set(purpose: int, size: int, generation: int = 0, in_order: bool = False):
-        rng = np.random.default_rng([config.seed, purpose, generation])
-        return draw_evaluation_set(cache, len(objective.captions), size, rng, model.vae_scaling_factor, steps, flip=config.flip, in_order=in_order)
+        return seeded_evaluation_set(config, cache, model, len(objective.captions), purpose, size, generation, in_order)
 
-    frozen = evaluation_set(1, config.dvar_batch, in_order=True)  # DVAR's deterministic batch
-    heldout = evaluation_set(2, config.heldout)  # only for the final choice
+    frozen = evaluation_set(FROZEN_SET, config.dvar_batch, in_order=True)  # DVAR's deterministic batch
+    heldout = evaluation_set(HELDOUT_SET, config.heldout)  # only for the final choice
 
     init_start = time.time()
     e0, ranking = initial_vectors(config, objective, model, frozen)
@@ -393,7 +396,7 @@ def search(config: InvertConfig, out_dir: Path | None, saved: dict | None, progr
         if history and dvar.ratio is not None and dvar.ratio < dvar.threshold:
             stopped_by = "dvar"  # resumed after the stopping generation
             break
-        evaluation = evaluation_set(3, config.samples, generation)
+        evaluation = evaluation_set(SEARCH_SET, config.samples, generation)
         points = optimizer.ask()
         losses = objective.losses(vectors(points), evaluation)
         if not np.isfinite(losses).any():
@@ -423,8 +426,7 @@ def search(config: InvertConfig, out_dir: Path | None, saved: dict | None, progr
 
     # The final choice: the means with the lowest deterministic loss, and the last mean,
     # judged on held-out noise and timesteps that neither the search nor DVAR has seen.
-    ranked = sorted(means, key=lambda g: history[g].deterministic_loss)[:8]
-    contenders = {f"mean@{g}": means[g] for g in sorted(set(ranked) | {max(means)})} if means else {}
+    contenders = {f"mean@{g}": means[g] for g in contender_generations([h.deterministic_loss for h in history])}
     contenders["init"] = np.zeros(search_dim)
     names = list(contenders)
     heldout_losses = objective.losses(vectors(np.stack([contenders[n] for n in names])), heldout)
@@ -436,6 +438,23 @@ def search(config: InvertConfig, out_dir: Path | None, saved: dict | None, progr
         init_seconds=init_seconds, total_seconds=time.time() - start, out_dir=out_dir,
         trajectory={g: vectors(z[None])[0] for g, z in means.items()},
     )
+
+
+def seeded_evaluation_set(config: InvertConfig, cache: LatentCache, model: OnnxStableDiffusion, num_captions: int, purpose: int, size: int,
+                          generation: int = 0, in_order: bool = False):
+    """The evaluation set a run draws for `purpose` (FROZEN_SET, HELDOUT_SET, SEARCH_SET) at `generation`: a function of the seed."""
+    steps = timestep_range(*config.timesteps, int(model.scheduler_config.get("num_train_timesteps", 1000)))
+    rng = np.random.default_rng([config.seed, purpose, generation])
+    return draw_evaluation_set(cache, num_captions, size, rng, model.vae_scaling_factor, steps, flip=config.flip, in_order=in_order)
+
+
+def contender_generations(deterministic_losses: list[float], best: int = 8) -> list[int]:
+    """The generations whose means compete in the final choice: the `best` lowest deterministic
+    losses and the last one."""
+    if not deterministic_losses:
+        return []
+    ranked = sorted(range(len(deterministic_losses)), key=lambda g: deterministic_losses[g])[:best]
+    return sorted(set(ranked) | {len(deterministic_losses) - 1})
 
 
 def write_history(out_dir: Path, history: list[Generation]) -> None:

@@ -209,6 +209,8 @@ CASES = {
     "optimizer-zo-sgd-with-ti": lambda t, c, r, m: case(["invert", c, "--method", "ti", "--optimizer", "zo-sgd", "--out", t / "run"], "--optimizer zo-sgd"),
     "vectors-zero": lambda t, c, r, m: case(["invert", c, "--vectors", "0", *FAST], "--vectors"),
     "mu-zero": lambda t, c, r, m: case(["invert", c, "--optimizer", "zo-sgd", "--mu", "0", *FAST], "--mu"),
+    "sigma0-zero": lambda t, c, r, m: case(["invert", c, "--sigma0", "0", *FAST], "--sigma0"),
+    "sigma0-with-zo-sgd": lambda t, c, r, m: case(["invert", c, "--optimizer", "zo-sgd", "--sigma0", "2", "--out", t / "run", *FAST], "--sigma0 is CMA-ES"),
     "probes-zero": lambda t, c, r, m: case(["invert", c, "--optimizer", "zo-sgd", "--probes", "0", *FAST], "--probes"),
     "probes-with-cma-es": lambda t, c, r, m: case(["invert", c, "--probes", "8", "--out", t / "run", *FAST], "zo-sgd option"),
     "lr-with-cma-es": lambda t, c, r, m: case(["invert", c, "--lr", "0.5", "--out", t / "run", *FAST], "zo-sgd option"),

@@ -77,6 +77,19 @@ def test_run_folder_has_every_output(concept, tmp_path):
     assert Image.open(out / "loss.png").size == (640, 360)
 
 
+def test_sigma0_sets_cma_es_initial_step(concept, tmp_path):
+    """--sigma0 reaches pycma: the first generation's step size follows it (CSA moves it by a few % a generation)."""
+    sigmas = {}
+    for sigma0 in (1.0, 4.0):
+        out = tmp_path / f"s{sigma0:g}"
+        args = [*CLI_FAST, "--budget", "2"] + ([] if sigma0 == 1.0 else ["--sigma0", "4"])
+        done = subprocess.run([sys.executable, "-m", "edgeinv.cli", "invert", str(concept), "--out", str(out), *args], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert json.loads((out / "config.json").read_text())["settings"]["sigma0"] == sigma0
+        sigmas[sigma0] = json.loads((out / "history.jsonl").read_text().splitlines()[0])["sigma"]
+    assert 0.7 < sigmas[1.0] < 1.3 and 2.8 < sigmas[4.0] < 5.2
+
+
 def test_learned_file_loads_in_diffusers_and_conditions_like_onnx(concept, tmp_path, sd, torch_pipeline):
     pytest.importorskip("torch")
     from edgeinv.embedding_files import save_embedding

@@ -196,13 +196,13 @@ def test_projection_reports_time_per_generation():
     from edgeinv.cli import projection
     from edgeinv.invert import Generation, InvertConfig
 
-    config = InvertConfig(images=str(DIFFUSERS_DIR.parent.parent / "examples" / "orange-cross"), budget=300, popsize=14, samples=8, chunk_size=2).resolved()
-    first = Generation(0, 1.0, 1.0, 1.0, None, 1.0, 116, 100.0)
-    second = Generation(1, 1.0, 1.0, 1.0, None, 1.0, 232, 160.0)
+    config = InvertConfig(images=str(DIFFUSERS_DIR.parent.parent / "examples" / "orange-cross"), budget=300, popsize=16, samples=8, chunk_size=2).resolved()
+    first = Generation(0, 1.0, 1.0, 1.0, None, 1.0, 132, 100.0)
+    second = Generation(1, 1.0, 1.0, 1.0, None, 1.0, 264, 160.0)
     text = projection(first, second, config)
     assert "60.0s per generation" in text
     assert "5.0 h more to the budget of 300 generations" in text  # 298 generations x 60 s
-    assert "~generation 138" in text  # 15964 UNet evaluations (the v3 planted runs) at 116 a generation
+    assert "~generation 205" in text  # 27,100 UNet evaluations (the v3 race's mean stop) at 132 a generation
 
 
 def test_projection_for_zo_sgd_counts_steps_and_claims_no_typical_stop():
