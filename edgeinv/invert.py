@@ -75,7 +75,8 @@ METHOD_DEFAULTS = {
     "custom-diffusion": MethodDefaults(budget=500, dvar_window=180 * 8, dvar_threshold=0.15, lr=5e-3, weights_lr=1e-4),
 }
 # The forward-only method's defaults per --optimizer (cma-es: METHOD_DEFAULTS["cma-es"]).
-# zo-sgd: measured in benchmarks/results/zo_sgd.md; the DVAR window is cma-es's, in the same unit.
+# zo-sgd: measured in benchmarks/results/zo_sgd.md (default model v1), with d = 32 and the
+# 4000-evaluation window it was measured with (cma-es's at the time).
 OPTIMIZER_DEFAULTS = {
     "zo-sgd": MethodDefaults(budget=500, dvar_window=4000, dvar_threshold=0.15, lr=1.0, probes=4, mu=0.1, dim=32),
 }

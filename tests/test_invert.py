@@ -131,3 +131,11 @@ def test_resume_with_other_settings_is_refused(concept, tmp_path):
     invert(config, tmp_path / "run", warn=lambda m: None)
     with pytest.raises(UserError, match="other settings"):
         invert(InvertConfig(images=str(concept), **{**FAST, "seed": 99}), tmp_path / "run", resume=True, warn=lambda m: None)
+
+
+def test_final_choice_contenders_are_the_lowest_deterministic_losses_and_the_last():
+    from edgeinv.invert import contender_generations
+
+    assert contender_generations([5, 4, 3, 2, 1, 0, 9, 8, 7, 6], best=3) == [3, 4, 5, 9]
+    assert contender_generations([3.0, 1.0], best=8) == [0, 1]
+    assert contender_generations([]) == []

@@ -90,6 +90,9 @@ def test_each_optimizer_gets_its_own_defaults_and_options_win():
     assert cma.budget == METHOD_DEFAULTS["cma-es"].budget and cma.probes is None and cma.lr is None
     assert (zo.budget, zo.probes, zo.mu, zo.lr) == tuple(getattr(OPTIMIZER_DEFAULTS["zo-sgd"], k) for k in ("budget", "probes", "mu", "lr"))
     assert InvertConfig(images=str(EXAMPLE), optimizer="zo-sgd", lr=0.5, probes=7).resolved().lr == 0.5
+    # the search dimension too: each optimiser keeps the one it was measured with; --dim wins
+    assert (cma.dim, zo.dim) == (METHOD_DEFAULTS["cma-es"].dim, OPTIMIZER_DEFAULTS["zo-sgd"].dim) and cma.dim != zo.dim
+    assert InvertConfig(images=str(EXAMPLE), dim=8).resolved().dim == 8
 
 
 @pytest.mark.parametrize("change", [dict(optimizer="cma-es", lr=None), dict(vectors=2), dict(probes=5), dict(mu=0.2), dict(lr=0.3), dict(subspace="none")])
