@@ -35,7 +35,7 @@ from edgeinv.invert import HELDOUT_SET, InvertConfig, contender_generations, rep
 from edgeinv.objective import LatentCache, Objective
 from edgeinv.onnx_model import OnnxStableDiffusion
 from edgeinv.optimizers import OPTIMIZERS
-from edgeinv.stopping import variance_ratio, window_in_steps
+from edgeinv.stopping import Dvar, window_in_steps
 from edgeinv.subspace import make_basis
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -43,10 +43,10 @@ from token_vs_words import FRESH_SEED, both_right, render_pictures, run_invert  
 
 
 def dvar_stop(deterministic: list[float], window: int, threshold: float) -> int | None:
-    """The number of generations run before DVAR stops (None: it never does)."""
-    for generation in range(len(deterministic)):
-        ratio = variance_ratio(deterministic[: generation + 1], window)
-        if ratio is not None and ratio < threshold:
+    """The number of generations run before DVAR (edgeinv/stopping.py) stops (None: it never does)."""
+    dvar = Dvar(window, threshold)
+    for generation, value in enumerate(deterministic):
+        if dvar.update(value):
             return generation + 1
     return None
 
