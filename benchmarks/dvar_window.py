@@ -31,7 +31,7 @@ from edgeinv import shapes
 from edgeinv.data import load_images
 from edgeinv.embedding_files import load_embedding, token_names
 from edgeinv.generate import add_embedding, generate
-from edgeinv.invert import HELDOUT_SET, InvertConfig, contender_generations, replay, seeded_evaluation_set
+from edgeinv.invert import CHECKPOINT, HELDOUT_SET, InvertConfig, contender_generations, replay, seeded_evaluation_set
 from edgeinv.objective import LatentCache, Objective
 from edgeinv.onnx_model import OnnxStableDiffusion
 from edgeinv.optimizers import OPTIMIZERS
@@ -58,13 +58,13 @@ class BudgetRun:
         saved = json.loads((out / "config.json").read_text())
         settings = {k: tuple(v) if k == "timesteps" else v for k, v in saved["settings"].items() if k in InvertConfig.__dataclass_fields__}
         self.config = InvertConfig(**settings)
-        self.state = json.loads((out / "checkpoint.json").read_text())
+        self.state = json.loads((out / CHECKPOINT).read_text())
         self.deterministic = [g["deterministic_loss"] for g in self.state["history"]]
         self.seconds_per_generation = self.state["seconds"] / len(self.deterministic)
         self.init_seconds = saved["result"]["init_seconds"]
         self.basis = make_basis(self.config.subspace, model.token_table, self.config.dim, self.config.seed)
         self.optimizer = OPTIMIZERS[self.config.optimizer].from_config(np.zeros(self.config.vectors * self.basis.shape[0]), self.config)
-        self.means = replay(self.optimizer, self.state, out / "checkpoint.json")
+        self.means = replay(self.optimizer, self.state, out / CHECKPOINT)
         # The start vector e0, from the run's output: chosen = e0 + mean[chosen] @ basis.
         _, final = load_embedding(out / "learned_embeds.safetensors")
         chosen = saved["result"]["chosen"]
@@ -119,8 +119,8 @@ def main() -> None:
             run = BudgetRun(model, out, token)
             per_generation = run.optimizer.popsize * run.config.samples
             for window in rows:
-                stop = len(run.deterministic) if window is None else dvar_stop(run.deterministic, window_in_steps(window, per_generation), args.threshold)
-                stop = stop or len(run.deterministic)
+                dvar = dvar_stop(run.deterministic, window_in_steps(window, per_generation), args.threshold) if window else None
+                stop = dvar or len(run.deterministic)  # no window, or DVAR never stopped: the budget
                 name = f"<{color}-{shape}-s{seed}-{window or 'budget'}>"
                 multi: dict[str, int] = {}
                 add_embedding(model, name, run.choice(stop), multi)
