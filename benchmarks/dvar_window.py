@@ -31,8 +31,8 @@ from edgeinv import shapes
 from edgeinv.data import load_images
 from edgeinv.embedding_files import load_embedding, token_names
 from edgeinv.generate import add_embedding, generate
-from edgeinv.invert import CHECKPOINT, HELDOUT_SET, InvertConfig, contender_generations, replay, seeded_evaluation_set
-from edgeinv.objective import LatentCache, Objective
+from edgeinv.invert import CHECKPOINT, InvertConfig, contender_generations, replay
+from edgeinv.objective import HELDOUT_SET, LatentCache, Objective, seeded_evaluation_set, timestep_range
 from edgeinv.onnx_model import OnnxStableDiffusion
 from edgeinv.optimizers import OPTIMIZERS
 from edgeinv.stopping import Dvar, window_in_steps
@@ -75,7 +75,9 @@ class BudgetRun:
         ids = [model.tokenizer.token_id(n) or model.tokenizer.add_token(n) for n in names]
         self.objective = Objective(model, ids, token + "-heldout", self.config.property, chunk_size=self.config.chunk_size, loss=self.config.loss)
         cache = LatentCache.encode(model, images.images)
-        self.heldout = seeded_evaluation_set(self.config, cache, model, len(self.objective.captions), HELDOUT_SET, self.config.heldout)
+        steps = timestep_range(*self.config.timesteps, int(model.scheduler_config.get("num_train_timesteps", 1000)))
+        self.heldout = seeded_evaluation_set(cache, len(self.objective.captions), self.config.heldout, self.config.seed, HELDOUT_SET,
+                                             scaling_factor=model.vae_scaling_factor, timesteps=steps, flip=self.config.flip)
 
     def vectors(self, points: np.ndarray) -> np.ndarray:
         return self.e0[None] + np.asarray(points).reshape(len(points), self.config.vectors, -1) @ self.basis

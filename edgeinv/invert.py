@@ -36,7 +36,7 @@ from edgeinv.embedding_files import token_names
 from edgeinv.errors import UserError
 from edgeinv.evaluators import EVALUATORS, evaluator_name
 from edgeinv.files import atomic_path
-from edgeinv.objective import LatentCache, Objective, draw_evaluation_set, timestep_range
+from edgeinv.objective import FROZEN_SET, HELDOUT_SET, SEARCH_SET, LatentCache, Objective, seeded_evaluation_set, timestep_range
 from edgeinv.onnx_model import OnnxStableDiffusion
 from edgeinv.optimizers import OPTIMIZERS
 from edgeinv.stopping import Dvar, window_in_steps
@@ -45,7 +45,6 @@ from edgeinv.subspace import make_basis
 CHECKPOINT = "checkpoint.json"  # no pickle: the optimiser is rebuilt by replaying the recorded generations
 OLD_CHECKPOINTS = ("checkpoint.pkl",)  # older edgeinv pickled the optimiser; never unpickled
 MAX_TOKEN_LENGTH = 100  # characters; the token names a file (<token>.safetensors)
-FROZEN_SET, HELDOUT_SET, SEARCH_SET = 1, 2, 3  # what an evaluation set is for: part of its seed
 
 
 @dataclass(frozen=True)
@@ -358,8 +357,11 @@ def search(config: InvertConfig, out_dir: Path | None, saved: dict | None, progr
     # vocabulary) would otherwise sit on top of the loaded UNet and set the run's peak.
     basis = make_basis(config.subspace, model.token_table, config.dim, config.seed)
 
+    steps = timestep_range(*config.timesteps, int(model.scheduler_config.get("num_train_timesteps", 1000)))
+
     def evaluation_set(purpose: int, size: int, generation: int = 0, in_order: bool = False):
-        return seeded_evaluation_set(config, cache, model, len(objective.captions), purpose, size, generation, in_order)
+        return seeded_evaluation_set(cache, len(objective.captions), size, config.seed, purpose, generation,
+                                     scaling_factor=model.vae_scaling_factor, timesteps=steps, flip=config.flip, in_order=in_order)
 
     frozen = evaluation_set(FROZEN_SET, config.dvar_batch, in_order=True)  # DVAR's deterministic batch
     heldout = evaluation_set(HELDOUT_SET, config.heldout)  # only for the final choice
@@ -439,14 +441,6 @@ def search(config: InvertConfig, out_dir: Path | None, saved: dict | None, progr
         init_seconds=init_seconds, total_seconds=time.time() - start, out_dir=out_dir,
         trajectory={g: vectors(z[None])[0] for g, z in means.items()},
     )
-
-
-def seeded_evaluation_set(config: InvertConfig, cache: LatentCache, model: OnnxStableDiffusion, num_captions: int, purpose: int, size: int,
-                          generation: int = 0, in_order: bool = False):
-    """The evaluation set a run draws for `purpose` (FROZEN_SET, HELDOUT_SET, SEARCH_SET) at `generation`: a function of the seed."""
-    steps = timestep_range(*config.timesteps, int(model.scheduler_config.get("num_train_timesteps", 1000)))
-    rng = np.random.default_rng([config.seed, purpose, generation])
-    return draw_evaluation_set(cache, num_captions, size, rng, model.vae_scaling_factor, steps, flip=config.flip, in_order=in_order)
 
 
 def contender_generations(deterministic_losses: list[float], best: int = 8) -> list[int]:

@@ -89,6 +89,31 @@ def draw_evaluation_set(
     return EvaluationSet((latents * np.float32(scaling_factor)).astype(np.float32), caption_index, noise, steps.astype(np.int64))
 
 
+# What an evaluation set is for. The purpose is part of its seed, so the search, DVAR's frozen
+# batch, the held-out choice and a gradient method's prior batches never share samples.
+FROZEN_SET, HELDOUT_SET, SEARCH_SET, PRIOR_SET = 1, 2, 3, 4
+
+
+def seeded_evaluation_set(
+    cache: LatentCache,
+    num_captions: int,
+    size: int,
+    seed: int,
+    purpose: int,
+    step: int = 0,
+    *,
+    scaling_factor: float,
+    timesteps: tuple[int, int],
+    flip: bool = True,
+    sample_latents: bool = False,
+    in_order: bool = False,
+) -> EvaluationSet:
+    """The set a run draws for `purpose` at `step`: a function of the run's seed alone, so
+    `--resume` and the benchmarks that replay a run redraw exactly the same samples."""
+    rng = np.random.default_rng([seed, purpose, step])
+    return draw_evaluation_set(cache, num_captions, size, rng, scaling_factor, timesteps, flip=flip, sample_latents=sample_latents, in_order=in_order)
+
+
 # How an evaluation set's per-sample losses become one number. "mse" is the training loss
 # (their mean). "log-mse" (invert's default) averages their logarithms: each sample counts by
 # its relative change, so the high-noise timesteps, where colour and layout are decided and

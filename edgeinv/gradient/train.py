@@ -36,7 +36,7 @@ from edgeinv.data import load_images
 from edgeinv.errors import UserError
 from edgeinv.embedding_files import token_names
 from edgeinv.invert import InvertConfig, InvertResult, append_history, initial_vectors, read_checkpoint, write_atomically, write_history
-from edgeinv.objective import EvaluationSet, LatentCache, Objective, draw_evaluation_set, timestep_range
+from edgeinv.objective import FROZEN_SET, HELDOUT_SET, PRIOR_SET, SEARCH_SET, EvaluationSet, LatentCache, Objective, seeded_evaluation_set, timestep_range
 from edgeinv.stopping import Dvar, window_in_steps
 from edgeinv.gradient.torch_model import TorchStableDiffusion
 
@@ -244,12 +244,11 @@ def train(
     steps = timestep_range(*config.timesteps, int(model.scheduler_config.get("num_train_timesteps", 1000)))
 
     def evaluation_set(source_cache, purpose: int, size: int, step: int = 0, in_order: bool = False, sample_latents: bool = False, captions: int | None = None):
-        rng = np.random.default_rng([config.seed, purpose, step])
-        return draw_evaluation_set(source_cache, captions or len(objective.captions), size, rng, model.vae_scaling_factor, steps,
-                                   flip=config.flip, sample_latents=sample_latents, in_order=in_order)
+        return seeded_evaluation_set(source_cache, captions or len(objective.captions), size, config.seed, purpose, step,
+                                     scaling_factor=model.vae_scaling_factor, timesteps=steps, flip=config.flip, sample_latents=sample_latents, in_order=in_order)
 
-    frozen = evaluation_set(cache, 1, config.dvar_batch, in_order=True)
-    heldout = evaluation_set(cache, 2, config.heldout)
+    frozen = evaluation_set(cache, FROZEN_SET, config.dvar_batch, in_order=True)
+    heldout = evaluation_set(cache, HELDOUT_SET, config.heldout)
 
     init_start = time.time()
     e0, ranking = initial_vectors(config, objective, model, frozen)  # [N, hidden]
@@ -304,11 +303,11 @@ def train(
             stopped_by = "dvar"  # resumed after the stopping step
             break
         with precision:
-            batch = evaluation_set(cache, 3, config.batch_size, step, sample_latents=True)
+            batch = evaluation_set(cache, SEARCH_SET, config.batch_size, step, sample_latents=True)
             loss = training_loss(objective, model, method.token, batch)
             if prior:
                 prior_objective, prior_cache = prior
-                prior_batch = evaluation_set(prior_cache, 4, config.batch_size, step, sample_latents=True, captions=len(prior_objective.captions))
+                prior_batch = evaluation_set(prior_cache, PRIOR_SET, config.batch_size, step, sample_latents=True, captions=len(prior_objective.captions))
                 loss = loss + config.prior_weight * training_loss(prior_objective, model, method.token, prior_batch)
         if not torch.isfinite(loss):
             raise UserError(f"the training loss is NaN/inf at step {step}; lower --lr (now {config.lr:g}) or use --mixed-precision no")
