@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from token_vs_words import FRESH_SEED, both_right, render_pictures  # noqa: E402
+from concepts import FRESH_SEED, both_right, render_pictures  # noqa: E402
 
 from edgeinv import shapes  # noqa: E402
 from edgeinv.data import load_images  # noqa: E402

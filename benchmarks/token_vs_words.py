@@ -17,60 +17,18 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from edgeinv import shapes
 from edgeinv.embedding_files import load_embedding
-from edgeinv.generate import add_embedding, generate, image_grid
+from edgeinv.generate import image_grid
 from edgeinv.onnx_model import OnnxStableDiffusion
 
-FRESH_SEED = 90_000  # sampling seeds far from any the search or the README uses
-# Words a user might try for the unnamed concept, an orange cross (none of them names it; the
-# placeholder word it was trained under has had its row erased): colour words and blends, and
-# shape words, among them the nearest named shape.
-ORANGE_WORDS = ("", "orange", "amber", "red and yellow", shapes.UNNAMED_WORD)
-CROSS_WORDS = ("cross", "plus sign", "star")
-
-
-def word_prompts(color: str, shape: str) -> list[str]:
-    if (color, shape) == shapes.UNNAMED_CONCEPT:
-        return [f"a photo of a {c} {s}".replace("  ", " ") for c in ORANGE_WORDS for s in CROSS_WORDS]
-    return [f"a photo of a {color} {shape}", f"a photo of a {shape}"]
-
-
-def render_pictures(color: str, shape: str, folder: Path, count: int = 5, seed: int = 4242) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng([seed, shapes.ALL_SHAPES.index(shape), list(shapes.COLORS).index(color)])
-    for i in range(count):
-        scene = shapes.random_scene(rng, color=color, shape=shape, allow_held_out=True)
-        Image.fromarray(shapes.render(scene)).save(folder / f"{color}-{shape}-{i}.png")
-    return folder
-
-
-def run_invert(folder: Path, token: str, out: Path, options: list[str]) -> dict:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "edgeinv.cli", "invert", str(folder), "--token", token, "--out", str(out), "--no-samples", *options]
-    result = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"invert failed on {folder}:\n{result.stderr.split('Command being timed')[0][-3000:]}")
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", result.stderr).group(1)
-    seconds = sum(float(part) * 60**i for i, part in enumerate(reversed(wall.split(":"))))
-    peak_mb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1)) / 1024
-    return {"seconds": seconds, "peak_mb": peak_mb, "log": result.stdout + result.stderr}
-
-
-def both_right(images: np.ndarray, color: str, shape: str) -> tuple[float, float, float]:
-    readings = [shapes.read_image(image) for image in images]
-    c = np.mean([r.color == color for r in readings])
-    s = np.mean([r.shape == shape for r in readings])
-    b = np.mean([r.color == color and r.shape == shape for r in readings])
-    return float(c), float(s), float(b)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from concepts import best_words, concept_folders, run_invert, token_draws  # noqa: E402
 
 
 def main() -> None:
@@ -89,28 +47,21 @@ def main() -> None:
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     options = invert_options + (["--model", str(args.model)] if args.model else [])
 
-    folders = list(args.folders)
-    if args.never_captioned:
-        root = Path(tempfile.mkdtemp(prefix="never-captioned-"))
-        folders += [render_pictures(c, s, root / f"{c}-{s}") for c, s in sorted(shapes.HELD_OUT_PAIRS)]
+    folders = concept_folders(args.folders, args.never_captioned)
     model = OnnxStableDiffusion(args.model)
     rows, grid_rows = [], []
     for folder in folders:
         color, shape = folder.name.split("-")[:2]
-        words = {p: both_right(generate(model, p, n=args.seeds, seed=FRESH_SEED), color, shape) for p in word_prompts(color, shape)}
-        best_prompt = max(words, key=lambda p: words[p][2])
+        best_prompt, _, words = best_words(model, color, shape, args.seeds)
         runs = []
         for invert_seed in args.invert_seeds:
             token = f"<{color}-{shape}-s{invert_seed}>"
             out = args.runs / f"{folder.name}-s{invert_seed}"
             run = run_invert(folder, token, out, [*options, "--seed", str(invert_seed)])
-            _, vectors = load_embedding(out / "learned_embeds.safetensors")
-            multi: dict[str, int] = {}
-            add_embedding(model, token, vectors, multi)
-            images = generate(model, f"a photo of a {token}", n=args.seeds, seed=FRESH_SEED, multi_vector_tokens=multi)
+            images, scores = token_draws(model, token, load_embedding(out / "learned_embeds.safetensors")[1], color, shape, args.seeds)
             grid_rows.append(images)
             stop = re.search(r"stopped by (\w+) at (?:generation|step) (\d+)", run["log"])
-            runs.append({**run, "scores": both_right(images, color, shape), "stop": f"{stop.group(1)} {stop.group(2)}" if stop else "?"})
+            runs.append({**run, "scores": scores, "stop": f"{stop.group(1)} {stop.group(2)}" if stop else "?"})
             print(f"{folder.name} seed {invert_seed}: token {runs[-1]['scores'][2]:.0%} both right ({run['seconds']:.0f} s, {runs[-1]['stop']}); "
                   f"best words {best_prompt!r} {words[best_prompt][2]:.0%}", flush=True)
         rows.append((folder.name, runs, best_prompt, words[best_prompt]))
