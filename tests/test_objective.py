@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from edgeinv.objective import LatentCache, Objective, draw_evaluation_set
+from edgeinv.objective import FROZEN_SET, HELDOUT_SET, SEARCH_SET, LatentCache, Objective, draw_evaluation_set, seeded_evaluation_set
 from edgeinv.onnx_model import OnnxStableDiffusion
 from edgeinv.shapes import random_scene, render
 from tests.conftest import ONNX_DIR
@@ -67,6 +67,21 @@ def test_frozen_sets_are_reproducible_and_cycle_in_order(setup):
     assert a.caption_index.tolist() == [0, 1, 2, 3] and len(set(a.timesteps.tolist())) == 4
     restricted = draw_evaluation_set(cache, 16, 6, np.random.default_rng(3), 1.0, timesteps=(200, 400))
     assert restricted.timesteps.min() >= 200 and restricted.timesteps.max() < 400
+
+
+def test_seeded_sets_depend_on_seed_purpose_and_step_alone():
+    # invert, the gradient methods and the replaying benchmarks all redraw a run's sets from these three numbers
+    cache = LatentCache(np.zeros((3, 2, 4, 2, 2), np.float32), np.ones((3, 2, 4, 2, 2), np.float32))
+
+    def draw(seed, purpose, step=0):
+        return seeded_evaluation_set(cache, 16, 6, seed, purpose, step, scaling_factor=1.0, timesteps=(0, 1000))
+
+    a, b = draw(5, SEARCH_SET, 12), draw(5, SEARCH_SET, 12)
+    assert np.array_equal(a.noise, b.noise) and np.array_equal(a.timesteps, b.timesteps) and np.array_equal(a.caption_index, b.caption_index)
+    explicit = draw_evaluation_set(cache, 16, 6, np.random.default_rng([5, SEARCH_SET, 12]), 1.0)
+    assert np.array_equal(a.noise, explicit.noise) and np.array_equal(a.timesteps, explicit.timesteps)
+    for other in (draw(6, SEARCH_SET, 12), draw(5, HELDOUT_SET, 12), draw(5, SEARCH_SET, 13), draw(5, FROZEN_SET, 12)):
+        assert not np.array_equal(a.noise, other.noise)
 
 
 def test_v_prediction_target(setup):
