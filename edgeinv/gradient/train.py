@@ -35,7 +35,7 @@ import torch
 from edgeinv.data import load_images
 from edgeinv.errors import UserError
 from edgeinv.embedding_files import token_names
-from edgeinv.invert import InvertConfig, InvertResult, append_history, initial_vectors, read_checkpoint, write_atomically, write_history
+from edgeinv.invert import InvertConfig, InvertResult, append_history, contender_generations, initial_vectors, read_checkpoint, write_atomically, write_history
 from edgeinv.objective import FROZEN_SET, HELDOUT_SET, PRIOR_SET, SEARCH_SET, EvaluationSet, LatentCache, Objective, seeded_evaluation_set, timestep_range
 from edgeinv.stopping import Dvar, window_in_steps
 from edgeinv.gradient.torch_model import TorchStableDiffusion
@@ -342,8 +342,7 @@ def train(
     checkpoint()
 
     if config.method == "ti":  # choose among the best snapshots by held-out loss, as the forward-only method does
-        ranked = sorted(snapshots, key=lambda s: history[s].deterministic_loss)[:8]
-        contenders = {f"step@{s}": snapshots[s] for s in sorted(set(ranked) | {max(snapshots)})} if snapshots else {}
+        contenders = {f"step@{s}": snapshots[s] for s in contender_generations([h.deterministic_loss for h in history])}
         contenders["init"] = np.asarray(e0, dtype=np.float32)
     else:  # the token and the weights learned together: keep the last pair
         contenders = {f"step@{step - 1}": method.token.detach().float().cpu().numpy().copy()}
