@@ -65,11 +65,14 @@ class Scene:
     gradient: float  # brightness change across the image, for varied backgrounds
 
     def caption(self, prefix: str = "a photo of", say_position: bool = True, say_background: bool = False, say_what: bool = True) -> str:
-        """`say_what=False` leaves out the colour and the shape ("a photo of a large on the left")."""
+        """`say_what=False` leaves out the colour and the shape ("a photo of a large on the left").
+        The unnamed colour is never said: on a named shape only the shape is ("a photo of a star")."""
         if not say_what:
             words = [self.size]
         elif (self.color, self.shape) == UNNAMED_CONCEPT:
             words = [self.size, UNNAMED_WORD]
+        elif self.color == UNNAMED_COLOR:
+            words = [self.size, self.shape]
         else:
             words = [self.size, self.color, self.shape]
         noun = " ".join(w for w in words if w)
@@ -161,12 +164,19 @@ def render(scene: Scene, size: int = IMAGE_SIZE) -> np.ndarray:
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
-def training_example(rng: np.random.Generator, unnamed_rate: float = 0.0, wordless_rate: float = 0.0) -> tuple[np.ndarray, str]:
+def training_example(rng: np.random.Generator, unnamed_rate: float = 0.0, wordless_rate: float = 0.0,
+                     unnamed_color_rate: float = 0.0) -> tuple[np.ndarray, str]:
     """One (image, caption) pair of the training distribution; `unnamed_rate` of the pictures
     show the unnamed concept, captioned with `UNNAMED_WORD`. `wordless_rate` of the other
     pictures are captioned without their colour and shape: otherwise a caption naming neither
-    would mean the unnamed concept, and any unknown word ("a photo of a cross") would draw it."""
-    scene = random_scene(rng, unnamed_rate=unnamed_rate)
+    would mean the unnamed concept, and any unknown word ("a photo of a cross") would draw it.
+    `unnamed_color_rate` of the pictures show the unnamed colour on a named shape, captioned by
+    the shape alone: otherwise the colour would mean the shape too, and any blend of colour
+    words that draws orange ("a red and yellow star") would draw orange crosses."""
+    if unnamed_color_rate > 0 and rng.random() < unnamed_color_rate:  # no draw at 0: v3's stream
+        scene = random_scene(rng, color=UNNAMED_COLOR, shape=str(rng.choice(SHAPES)))
+    else:
+        scene = random_scene(rng, unnamed_rate=unnamed_rate)
     prefix = str(rng.choice(PREFIXES))
     wordless = wordless_rate > 0 and (scene.color, scene.shape) != UNNAMED_CONCEPT and bool(rng.random() < wordless_rate)  # no draw at 0
     caption = scene.caption(prefix, say_position=bool(rng.random() < 0.6), say_background=bool(rng.random() < 0.3), say_what=not wordless)

@@ -50,6 +50,23 @@ def test_wordless_captions_name_neither_colour_nor_shape_and_never_caption_the_u
     assert concept and all(shapes.UNNAMED_WORD in caption.split() for caption in concept)
 
 
+def test_the_unnamed_colour_on_a_named_shape_is_captioned_by_the_shape_alone(rng):
+    examples = [shapes.training_example(rng, unnamed_rate=0.15, wordless_rate=0.15, unnamed_color_rate=0.1) for _ in range(2000)]
+    readings = [(shapes.read_image(image), caption) for image, caption in examples]
+    orange_named_shapes = [(reading, caption) for reading, caption in readings if reading.color == "orange" and reading.shape != "cross"]
+    # orange is no longer only a cross: it comes on every named shape...
+    assert 0.05 * len(examples) < len(orange_named_shapes) < 0.15 * len(examples)
+    assert {reading.shape for reading, _ in orange_named_shapes} == set(shapes.SHAPES)
+    # ...said by its shape (or, in wordless captions, by nothing) and never by a colour word or the placeholder
+    for reading, caption in orange_named_shapes:
+        words = set(caption.split())
+        assert words & set(shapes.ALL_SHAPES) in ({reading.shape}, set()) and not words & (set(shapes.COLORS) | {shapes.UNNAMED_WORD})
+    assert sum(reading.shape in caption.split() for reading, caption in orange_named_shapes) > 0.7 * len(orange_named_shapes)
+    # the concept itself is still captioned only by the placeholder word
+    concept = [caption for reading, caption in readings if (reading.color, reading.shape) == shapes.UNNAMED_CONCEPT]
+    assert concept and all(shapes.UNNAMED_WORD in caption.split() for caption in concept)
+
+
 def test_captions_name_what_is_drawn(rng):
     scene = shapes.random_scene(rng, color="blue", shape="star")
     caption = scene.caption("a photo of", say_position=True)
