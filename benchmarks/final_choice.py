@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeinv.data import load_images
-from edgeinv.invert import contender_generations
+from edgeinv.history import contender_generations
 from edgeinv.objective import HELDOUT_SET, LatentCache, seeded_evaluation_set
 from edgeinv.onnx_model import OnnxStableDiffusion
 

@@ -30,7 +30,8 @@ import numpy as np
 from planted_concepts import BLENDS, R_TARGET, START_WORD, Recovery, checker_color, first_reaching, majority, plant, reached, word  # benchmarks/ on sys.path
 
 from edgeinv import shapes
-from edgeinv.invert import METHOD_DEFAULTS, InvertConfig, invert
+from edgeinv.config import METHOD_DEFAULTS, InvertConfig
+from edgeinv.invert import invert
 from edgeinv.onnx_model import OnnxStableDiffusion
 from edgeinv.stopping import variance_ratio
 

@@ -29,7 +29,7 @@ from edgeinv import shapes  # noqa: E402
 from edgeinv.data import load_images  # noqa: E402
 from edgeinv.embedding_files import load_embedding  # noqa: E402
 from edgeinv.generate import generate  # noqa: E402
-from edgeinv.invert import word_vector  # noqa: E402
+from edgeinv.initialisation import word_vector  # noqa: E402
 from edgeinv.objective import LatentCache, Objective, combine_samples, draw_evaluation_set  # noqa: E402
 from edgeinv.onnx_model import OnnxStableDiffusion  # noqa: E402
 

@@ -43,7 +43,8 @@ import numpy as np
 
 from edgeinv import shapes
 from edgeinv.generate import generate
-from edgeinv.invert import InvertConfig, invert
+from edgeinv.config import InvertConfig
+from edgeinv.invert import invert
 from edgeinv.objective import LatentCache, Objective, draw_evaluation_set
 from edgeinv.onnx_model import OnnxStableDiffusion
 from edgeinv.optimizers import CmaEs

@@ -32,7 +32,8 @@ import numpy as np
 from PIL import Image
 
 from edgeinv import ray_pool, shapes
-from edgeinv.invert import InvertConfig, invert
+from edgeinv.config import InvertConfig
+from edgeinv.invert import invert
 
 CONCEPTS = (("blue", "star"), ("red", "circle"), ("green", "square"), ("yellow", "triangle"))
 

@@ -21,7 +21,9 @@ import numpy as np
 
 from edgeinv.data import load_images
 from edgeinv.embedding_files import load_embedding, token_names
-from edgeinv.invert import CHECKPOINT, InvertConfig, contender_generations, replay
+from edgeinv.config import InvertConfig
+from edgeinv.history import contender_generations
+from edgeinv.invert import CHECKPOINT, replay
 from edgeinv.objective import HELDOUT_SET, LatentCache, Objective, seeded_evaluation_set, timestep_range
 from edgeinv.onnx_model import OnnxStableDiffusion
 from edgeinv.optimizers import OPTIMIZERS

@@ -16,7 +16,9 @@ import numpy as np
 
 from planted_concepts import BLENDS, START_WORD, Recovery, plant, word  # benchmarks/ is on sys.path when run as a script
 
-from edgeinv.invert import InvertConfig, invert
+from edgeinv.config import InvertConfig
+
+from edgeinv.invert import invert
 from edgeinv.onnx_model import OnnxStableDiffusion
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeinv.invert import METHOD_DEFAULTS
+from edgeinv.config import METHOD_DEFAULTS
 from edgeinv.onnx_model import OnnxStableDiffusion
 from edgeinv.stopping import window_in_steps
 

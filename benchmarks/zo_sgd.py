@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from edgeinv.invert import InvertConfig, invert
+from edgeinv.config import InvertConfig
+
+from edgeinv.invert import invert
 from edgeinv.stopping import variance_ratio, window_in_steps
 
 from planted_concepts import BLENDS, START_WORD, checker_color, planted_concept

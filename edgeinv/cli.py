@@ -435,7 +435,9 @@ def invert(images, method, optimizer, model, token, vectors, init_words, init_ca
     """
     from edgeinv.embedding_files import file_stem, save_embedding, token_names
     from edgeinv.files import check_writable_folder
-    from edgeinv.invert import CHECKPOINT, OLD_CHECKPOINTS, InvertConfig, check_dim, check_token, check_token_text, load_checkpoint
+    from edgeinv.checkpoints import OLD_CHECKPOINTS
+    from edgeinv.config import InvertConfig, check_dim, check_token, check_token_text
+    from edgeinv.invert import CHECKPOINT, load_checkpoint
     from edgeinv.report import plot_loss, write_config, write_samples
 
     from dataclasses import replace

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edgeinv.errors import UserError  # noqa: E402
-from edgeinv.invert import InvertConfig  # noqa: E402
+from edgeinv.config import InvertConfig  # noqa: E402
 from edgeinv.objective import LatentCache, Objective, draw_evaluation_set  # noqa: E402
 from tests.conftest import DIFFUSERS_DIR, diffusers_text_states  # noqa: E402
 

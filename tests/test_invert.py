@@ -13,7 +13,8 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 from edgeinv.errors import UserError
-from edgeinv.invert import InvertConfig, invert
+from edgeinv.config import InvertConfig
+from edgeinv.invert import invert
 from tests.conftest import diffusers_text_states, run_cli_without_torch, write_pictures
 
 # Small settings: a few seconds per run on 2 cores.
@@ -134,7 +135,7 @@ def test_resume_with_other_settings_is_refused(concept, tmp_path):
 
 
 def test_final_choice_contenders_are_the_lowest_deterministic_losses_and_the_last():
-    from edgeinv.invert import contender_generations
+    from edgeinv.history import contender_generations
 
     assert contender_generations([5, 4, 3, 2, 1, 0, 9, 8, 7, 6], best=3) == [3, 4, 5, 9]
     assert contender_generations([3.0, 1.0], best=8) == [0, 1]

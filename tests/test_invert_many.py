@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from edgeinv.invert import InvertConfig, invert
+from edgeinv.config import InvertConfig
+
+from edgeinv.invert import invert
 from tests.conftest import write_pictures
 
 OPTIONS = ["--budget", "4", "--dim", "4", "--popsize", "4", "--samples", "2", "--heldout", "4", "--init", "red", "--no-samples"]

@@ -194,7 +194,8 @@ def test_default_model_keeps_the_full_chunk(sd):
 
 def test_projection_reports_time_per_generation():
     from edgeinv.cli import projection
-    from edgeinv.invert import Generation, InvertConfig
+    from edgeinv.config import InvertConfig
+    from edgeinv.history import Generation
 
     config = InvertConfig(images=str(DIFFUSERS_DIR.parent.parent / "examples" / "orange-cross"), budget=300, popsize=16, samples=8, chunk_size=2).resolved()
     first = Generation(0, 1.0, 1.0, 1.0, None, 1.0, 132, 100.0)
@@ -207,7 +208,8 @@ def test_projection_reports_time_per_generation():
 
 def test_projection_for_zo_sgd_counts_steps_and_claims_no_typical_stop():
     from edgeinv.cli import projection
-    from edgeinv.invert import Generation, InvertConfig
+    from edgeinv.config import InvertConfig
+    from edgeinv.history import Generation
 
     config = InvertConfig(images=str(DIFFUSERS_DIR.parent.parent / "examples" / "orange-cross"), optimizer="zo-sgd", budget=500).resolved()
     text = projection(Generation(0, 1.0, 1.0, 1.0, None, 0.1, 44, 10.0), Generation(1, 1.0, 1.0, 1.0, None, 0.1, 88, 12.0), config, "step")

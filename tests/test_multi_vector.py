@@ -11,7 +11,8 @@ from safetensors.numpy import load_file
 
 from edgeinv.embedding_files import save_embedding
 from edgeinv.generate import add_embedding, expand_multi_vector_tokens, generate
-from edgeinv.invert import InvertConfig, invert
+from edgeinv.config import InvertConfig
+from edgeinv.invert import invert
 from edgeinv.onnx_model import OnnxStableDiffusion
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "orange-cross"
@@ -74,7 +75,7 @@ def test_three_vector_files_load_in_diffusers_like_onnx(three_vector_run, sd, to
 def test_visual_init_starts_from_the_best_n_words(sd):
     from edgeinv.data import load_images
     from edgeinv.embedding_files import token_names
-    from edgeinv.invert import initial_vectors, visual_init
+    from edgeinv.initialisation import initial_vectors, visual_init
     from edgeinv.objective import LatentCache, Objective, draw_evaluation_set
 
     model = OnnxStableDiffusion(sd.folder)

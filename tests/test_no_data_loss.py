@@ -177,7 +177,8 @@ def test_resume_command_keeps_the_users_options():
 def test_checkpoint_is_json_and_replays_exactly(tmp_path):
     """No pickle anywhere; the recorded losses rebuild the optimiser exactly (tests/test_invert.py
     checks the resumed run's result)."""
-    from edgeinv.invert import CHECKPOINT, InvertConfig, invert
+    from edgeinv.config import InvertConfig
+    from edgeinv.invert import CHECKPOINT, invert
     from edgeinv.optimizers import OPTIMIZERS
 
     concept = tmp_path / "pictures"

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeinv.invert import InvertConfig, invert
+from edgeinv.config import InvertConfig
+
+from edgeinv.invert import invert
 from tests.conftest import write_pictures
 
 ray = pytest.importorskip("ray")

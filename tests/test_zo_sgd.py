@@ -11,7 +11,8 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 from edgeinv.errors import UserError
-from edgeinv.invert import OPTIMIZER_DEFAULTS, InvertConfig, invert
+from edgeinv.config import OPTIMIZER_DEFAULTS, InvertConfig
+from edgeinv.invert import invert
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "orange-cross"
 FAST = dict(images=str(EXAMPLE), optimizer="zo-sgd", budget=6, dim=4, samples=2, heldout=4, init=["red"], dvar_window=40, lr=0.2)
@@ -84,7 +85,7 @@ def test_zo_sgd_is_refused_for_the_gradient_methods():
 
 
 def test_each_optimizer_gets_its_own_defaults_and_options_win():
-    from edgeinv.invert import METHOD_DEFAULTS
+    from edgeinv.config import METHOD_DEFAULTS
 
     cma, zo = InvertConfig(images=str(EXAMPLE)).resolved(), InvertConfig(images=str(EXAMPLE), optimizer="zo-sgd").resolved()
     assert cma.budget == METHOD_DEFAULTS["cma-es"].budget and cma.probes is None and cma.lr is None

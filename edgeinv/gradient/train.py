@@ -35,7 +35,10 @@ import torch
 from edgeinv.data import load_images
 from edgeinv.errors import UserError
 from edgeinv.embedding_files import token_names
-from edgeinv.invert import InvertConfig, InvertResult, append_history, contender_generations, initial_vectors, read_checkpoint, write_atomically, write_history
+from edgeinv.checkpoints import read_checkpoint, write_atomically
+from edgeinv.config import InvertConfig
+from edgeinv.history import InvertResult, append_history, contender_generations, write_history
+from edgeinv.initialisation import initial_vectors
 from edgeinv.objective import FROZEN_SET, HELDOUT_SET, PRIOR_SET, SEARCH_SET, EvaluationSet, LatentCache, Objective, seeded_evaluation_set, timestep_range
 from edgeinv.stopping import Dvar, window_in_steps
 from edgeinv.gradient.torch_model import TorchStableDiffusion
