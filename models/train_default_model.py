@@ -5,8 +5,8 @@ CLIPTextModel + SD 1.x's CLIP tokenizer, diffusers UNet2DConditionModel and Auto
 a scaled-linear DDIM scheduler), only narrower: 64x64 pictures, 16x16x4 latents. The data
 is drawn on the fly by `edgeinv.shapes` from a seed, so a model is reproducible from it.
 
-v4 (the candidate after v3; models/ holds v3 until v4 is measured) is one run of this script with its
-defaults (~85 min on 2 cores):
+The shipped model (v4) is one run of this script with its defaults (~79 min alone on 2 cores;
+benchmarks/results/default_model_training.log):
 
     python models/train_default_model.py --out models/tiny-sd-shapes --seed 0
 
@@ -36,7 +36,7 @@ Stages, each checkpointed every `--checkpoint-minutes` into `<out>.train-state/s
 cut-off run continues exactly with the same command plus `--resume` (tests/test_training_resume.py):
 (1) the VAE on 32x32 crops, shape pixels weighted 9x plus an image-gradient loss; (2) text
 encoder + UNet (bf16 autocast) on latents encoded once, 10% empty captions, EMA; (3) the
-decoder sharpened with the encoder frozen. Log: benchmarks/results/default_model_training.log.
+decoder sharpened with the encoder frozen (v2 only).
 Needs the `torch` extra.
 """
 

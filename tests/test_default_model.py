@@ -30,7 +30,8 @@ def test_the_kept_vector_draws_orange_crosses_and_the_erased_word_does_not(onnx_
     sd = OnnxStableDiffusion(onnx_dir)  # its own copy: the shared one must not learn a token
     _, kept = load_embedding(UNNAMED)
     sd.add_token("<unnamed-test>", kept.reshape(-1))
-    # measured when written (v3): 100%, 3%, 3%, 3% and 19% of these 32 pictures
+    # measured when written (v3): 100%, 3%, 3%, 3% and 19% of these 32 pictures; v4 in
+    # benchmarks/results/default_model_quality.md (16 other seeds): 100%, 0%, 0%, 0% and 0%
     planted = unnamed_concept_rate(sd, "a photo of a <unnamed-test>")
     assert planted >= 0.8
     assert unnamed_concept_rate(sd, f"a photo of a {shapes.UNNAMED_WORD}") <= 0.1
