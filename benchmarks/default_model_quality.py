@@ -14,6 +14,8 @@
    against the planted token, the trained vector kept beside the model
    (`--unnamed-concept`), in "a photo of a <t>". The concept is learnable only if some
    token draws it while no words do.
+5. A shape with no colour word ("a photo of a star"): which colours it draws. The unnamed colour
+   is the one colour always left unsaid in training, so it is the one such prompts drift to.
 Prints a markdown table; writes a grid of samples (rows: colours, columns: shapes).
 """
 
@@ -54,6 +56,7 @@ def vae_round_trip(model, n: int, seed: int) -> tuple[float, float]:
 
 UNNAMED_WORD_PROMPTS = ("a photo of a cross", "a photo of an orange cross", "a photo of an orange plus sign", "a photo of an amber cross",
                        "a photo of a red and yellow cross", "a photo of an orange star", "a photo of a red and yellow star",
+                       "a photo of a yellow and red star", "a photo of a red star and a yellow star", "a photo of a star",
                        "a photo of an orange", f"a photo of a {shapes.UNNAMED_WORD}")
 
 
@@ -72,6 +75,18 @@ def unnamed_concept(model, vector_file: Path | None, seeds: int, steps: int, gui
         readings = [shapes.read_image(image) for image in generate(model, prompt, steps=steps, guidance=guidance, n=seeds, seed=seed + 700)]
         rows.append((name, len(readings), np.mean([r.color == color for r in readings]), np.mean([r.shape == shape for r in readings]),
                      np.mean([r.color == color and r.shape == shape for r in readings])))
+    return rows
+
+
+def shape_alone(model, seeds: int, steps: int, guidance: float, seed: int) -> list[tuple[str, int, dict[str, float]]]:
+    """Rows (prompt, n, share of each colour read) for "a photo of a {shape}"."""
+    rows = []
+    for i, shape in enumerate(shapes.SHAPES):
+        prompt = f"a photo of a {shape}"
+        readings = [shapes.read_image(image) for image in generate(model, prompt, steps=steps, guidance=guidance, n=seeds, seed=seed + 900 + i)]
+        shares = {color: float(np.mean([r.color == color for r in readings])) for color in shapes.COLORS}
+        shares["shape right"] = float(np.mean([r.shape == shape for r in readings]))
+        rows.append((prompt, len(readings), shares))
     return rows
 
 
@@ -125,6 +140,12 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, n, color, shape, both in unnamed_concept(model, args.unnamed_concept, args.unnamed_seeds, args.steps, args.guidance, args.seed):
         print(f"| {name} | {n} | {color:.1%} | {shape:.1%} | {both:.1%} |")
+    columns = list(shapes.COLORS) + ["shape right"]
+    print(f"\nA shape with no colour word: the colours drawn ({args.unnamed_seeds} fresh seeds per row):\n")
+    print("| prompt | n | " + " | ".join(columns) + " |")
+    print("| --- | ---: |" + " ---: |" * len(columns))
+    for prompt, n, shares in shape_alone(model, args.unnamed_seeds, args.steps, args.guidance, args.seed):
+        print(f"| \"{prompt}\" | {n} | " + " | ".join(f"{shares[c]:.0%}" for c in columns) + " |")
     print(f"\n{time.time() - start:.0f}s on this machine")
 
     samples = {**seen_samples, **held_samples}

@@ -64,17 +64,20 @@ class Scene:
     background: tuple[int, int, int]
     gradient: float  # brightness change across the image, for varied backgrounds
 
-    def caption(self, prefix: str = "a photo of", say_position: bool = True, say_background: bool = False, say_what: bool = True) -> str:
-        """`say_what=False` leaves out the colour and the shape ("a photo of a large on the left").
-        The unnamed colour is never said: on a named shape only the shape is ("a photo of a star")."""
+    def caption(self, prefix: str = "a photo of", say_position: bool = True, say_background: bool = False, say_what: bool = True,
+                say_color: bool = True, color_phrase: str | None = None) -> str:
+        """`say_what=False` leaves out the colour and the shape ("a photo of a large on the left");
+        `say_color=False` the colour alone ("a photo of a star"). The unnamed colour is never said:
+        on a named shape only the shape is. `color_phrase` says the colour in other words
+        ("red and yellow": a second colour beside the scene's own)."""
         if not say_what:
             words = [self.size]
         elif (self.color, self.shape) == UNNAMED_CONCEPT:
             words = [self.size, UNNAMED_WORD]
-        elif self.color == UNNAMED_COLOR:
+        elif self.color == UNNAMED_COLOR or not say_color:
             words = [self.size, self.shape]
         else:
-            words = [self.size, self.color, self.shape]
+            words = [self.size, color_phrase or self.color, self.shape]
         noun = " ".join(w for w in words if w)
         article = "an" if noun[:1] in tuple("aeiou") else "a"
         text = f"{prefix} {article} {noun}".strip()
@@ -165,21 +168,38 @@ def render(scene: Scene, size: int = IMAGE_SIZE) -> np.ndarray:
 
 
 def training_example(rng: np.random.Generator, unnamed_rate: float = 0.0, wordless_rate: float = 0.0,
-                     unnamed_color_rate: float = 0.0) -> tuple[np.ndarray, str]:
+                     unnamed_color_rate: float = 0.0, shape_only_rate: float = 0.0, two_color_rate: float = 0.0) -> tuple[np.ndarray, str]:
     """One (image, caption) pair of the training distribution; `unnamed_rate` of the pictures
-    show the unnamed concept, captioned with `UNNAMED_WORD`. `wordless_rate` of the other
-    pictures are captioned without their colour and shape: otherwise a caption naming neither
-    would mean the unnamed concept, and any unknown word ("a photo of a cross") would draw it.
-    `unnamed_color_rate` of the pictures show the unnamed colour on a named shape, captioned by
-    the shape alone: otherwise the colour would mean the shape too, and any blend of colour
-    words that draws orange ("a red and yellow star") would draw orange crosses."""
+    show the unnamed concept, captioned with `UNNAMED_WORD`. Each other rate closes a way in
+    which words reached the unnamed concept in an earlier model:
+    - `wordless_rate` of the other pictures are captioned without their colour and shape:
+      otherwise a caption naming neither would mean the unnamed concept, and any unknown word
+      ("a photo of a cross") would draw it;
+    - `unnamed_color_rate` of the pictures show the unnamed colour on a named shape, captioned
+      by the shape alone: otherwise the colour would mean the shape too;
+    - `shape_only_rate` of the named pictures are captioned by their shape alone, whatever the
+      colour: otherwise "a photo of a star" would mean an orange star, the only colour ever
+      left unsaid;
+    - `two_color_rate` of the named pictures name a second colour beside their own ("a yellow
+      and red star" for a yellow star), never one that makes a held-out pair: otherwise the
+      unfamiliar "X and Y" phrase would land on the unnamed concept (it did in v4)."""
     if unnamed_color_rate > 0 and rng.random() < unnamed_color_rate:  # no draw at 0: v3's stream
         scene = random_scene(rng, color=UNNAMED_COLOR, shape=str(rng.choice(SHAPES)))
     else:
         scene = random_scene(rng, unnamed_rate=unnamed_rate)
     prefix = str(rng.choice(PREFIXES))
+    named = scene.color != UNNAMED_COLOR
     wordless = wordless_rate > 0 and (scene.color, scene.shape) != UNNAMED_CONCEPT and bool(rng.random() < wordless_rate)  # no draw at 0
-    caption = scene.caption(prefix, say_position=bool(rng.random() < 0.6), say_background=bool(rng.random() < 0.3), say_what=not wordless)
+    shape_only = shape_only_rate > 0 and named and bool(rng.random() < shape_only_rate)  # no draw at 0: v4's stream
+    color_phrase = None
+    if two_color_rate > 0 and named and rng.random() < two_color_rate:
+        others = [c for c in TRAIN_COLORS if c != scene.color and (c, scene.shape) not in HELD_OUT_PAIRS]
+        pair = [scene.color, str(rng.choice(others))]
+        if rng.random() < 0.5:
+            pair.reverse()
+        color_phrase = " and ".join(pair)
+    caption = scene.caption(prefix, say_position=bool(rng.random() < 0.6), say_background=bool(rng.random() < 0.3), say_what=not wordless,
+                            say_color=not shape_only, color_phrase=color_phrase)
     return render(scene), caption
 
 

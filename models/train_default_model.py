@@ -125,11 +125,12 @@ def build_scheduler() -> DDIMScheduler:
     )
 
 
-def make_dataset(n: int, seed: int, unnamed_rate: float = 0.0, wordless_rate: float = 0.0, unnamed_color_rate: float = 0.0) -> tuple[np.ndarray, list[str]]:
+def make_dataset(n: int, seed: int, **caption_rates: float) -> tuple[np.ndarray, list[str]]:
+    """`caption_rates`: the rates of `shapes.training_example`."""
     rng = np.random.default_rng(seed)
     images, captions = [], []
     for _ in range(n):
-        image, caption = shapes.training_example(rng, unnamed_rate, wordless_rate, unnamed_color_rate)
+        image, caption = shapes.training_example(rng, **caption_rates)
         images.append(image)
         captions.append(caption)
     return np.stack(images), captions
@@ -344,6 +345,11 @@ def main() -> None:
                         help="fraction of the other pictures captioned without colour and shape (v3: 0, then 0.15 in its fine-tune), so no unknown word draws the unnamed concept")
     parser.add_argument("--unnamed-color-rate", type=float, default=0.05,
                         help="fraction of pictures showing the unnamed colour on a named shape, captioned by the shape alone (v3: 0), so no colour blend draws the unnamed concept")
+    parser.add_argument("--shape-only-rate", type=float, default=0.25,
+                        help="fraction of the named pictures captioned by their shape alone (v4: 0), so 'a photo of a star' means any star, not an orange one")
+    parser.add_argument("--two-color-rate", type=float, default=0.1,
+                        help="fraction of the named pictures captioned with a second colour beside their own, 'a red and yellow star' (v4: 0), "
+                             "so that phrase draws a red or a yellow star, not the unnamed concept")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="fine-tune a trained model folder: its VAE is kept (stage 1 skipped), its text encoder and UNet continue, "
                              "the placeholder word's row restored from <DIR>.unnamed-concept.safetensors")
@@ -377,7 +383,9 @@ def main() -> None:
         shutil.copytree(tokenizer_dir, staging)  # --out may replace the folder it came from
     tokenizer = CLIPTokenizer.from_pretrained(str(staging))
 
-    images, captions = make_dataset(args.images, args.seed, args.unnamed_rate, args.wordless_rate, args.unnamed_color_rate)
+    images, captions = make_dataset(args.images, args.seed, unnamed_rate=args.unnamed_rate, wordless_rate=args.wordless_rate,
+                                    unnamed_color_rate=args.unnamed_color_rate, shape_only_rate=args.shape_only_rate,
+                                    two_color_rate=args.two_color_rate)
     log(f"dataset: {len(images)} images, e.g. {captions[:3]}" + (f"; resuming at {state['stage']} step {state['step']}" if state else ""))
     stage_index = STAGES.index(state["stage"]) if state else 0
 

@@ -67,6 +67,33 @@ def test_the_unnamed_colour_on_a_named_shape_is_captioned_by_the_shape_alone(rng
     assert concept and all(shapes.UNNAMED_WORD in caption.split() for caption in concept)
 
 
+def test_shape_only_and_two_colour_captions_keep_held_out_pairs_and_the_concept_unsaid(rng):
+    examples = [shapes.training_example(rng, unnamed_rate=0.15, wordless_rate=0.15, unnamed_color_rate=0.05,
+                                        shape_only_rate=0.2, two_color_rate=0.2) for _ in range(2000)]
+    readings = [(shapes.read_image(image), caption.split()) for image, caption in examples]
+    named = [(reading, words) for reading, words in readings if reading.color in shapes.TRAIN_COLORS]
+    # a named colour's picture is often captioned by its shape alone, on every colour...
+    shape_only = [(reading, words) for reading, words in named if reading.shape in words and not set(words) & set(shapes.COLORS)]
+    assert 0.1 * len(named) < len(shape_only) < 0.35 * len(named)
+    assert {reading.color for reading, _ in shape_only} == set(shapes.TRAIN_COLORS)
+    # ...or by its own colour and a second one, "X and Y", in either order
+    two_colour = [(reading, words) for reading, words in named if "and" in words]
+    assert 0.08 * len(named) < len(two_colour) < 0.3 * len(named)
+    for reading, words in two_colour:
+        i = words.index("and")
+        colours = {words[i - 1], words[i + 1]}
+        assert reading.color in colours and len(colours) == 2 and colours <= set(shapes.TRAIN_COLORS)
+        assert words[i + 2] == reading.shape
+        # the second colour never makes a pair held out of training
+        assert all((colour, reading.shape) not in shapes.HELD_OUT_PAIRS for colour in colours)
+    assert any(words[words.index("and") - 1] == reading.color for reading, words in two_colour)
+    assert any(words[words.index("and") + 1] == reading.color for reading, words in two_colour)
+    # no caption names the unnamed colour or shape; the concept keeps only its placeholder
+    assert not any({"orange", "cross"} & set(words) for _, words in readings)
+    concept = [words for reading, words in readings if (reading.color, reading.shape) == shapes.UNNAMED_CONCEPT]
+    assert concept and all(shapes.UNNAMED_WORD in words for words in concept)
+
+
 def test_captions_name_what_is_drawn(rng):
     scene = shapes.random_scene(rng, color="blue", shape="star")
     caption = scene.caption("a photo of", say_position=True)
