@@ -57,6 +57,7 @@ def vae_round_trip(model, n: int, seed: int) -> tuple[float, float]:
 UNNAMED_WORD_PROMPTS = ("a photo of a cross", "a photo of an orange cross", "a photo of an orange plus sign", "a photo of an amber cross",
                        "a photo of a red and yellow cross", "a photo of an orange star", "a photo of a red and yellow star",
                        "a photo of a yellow and red star", "a photo of a red star and a yellow star", "a photo of a star",
+                       "a photo of a red star",  # a never-captioned pair: what the model makes of it
                        "a photo of an orange", f"a photo of a {shapes.UNNAMED_WORD}")
 
 
