@@ -1,6 +1,6 @@
 """Planted concepts: can inversion recover an embedding we hid? Against GF-TI's recipe, with DVAR.
 
-    python benchmarks/planted_concepts.py [--concepts 8] [--gfti-seconds 120] [--budget 150]
+    python benchmarks/planted_concepts.py [--concepts 8] [--first 0] [--gfti-concepts 4] [--budget 150]
 
 Each concept is a hidden token vector (a blend of two colour words, so the default model
 can draw it but has no word for it). Five pictures are drawn with it (guidance 7.5);
@@ -157,11 +157,18 @@ def gfti(model, images: np.ndarray, start: np.ndarray, recovery: Recovery, plant
     return {"reached": False, "seconds": spent, "forwards": forwards, "generations": generation, "r": r}
 
 
+def chosen_concepts(args) -> list[tuple[int, tuple[str, str]]]:
+    """(index, blend) for --concepts concepts from --first on; the index is the concept's seed."""
+    return list(enumerate(BLENDS))[args.first : args.first + args.concepts]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="the model folder (default: the shipped one)")
     parser.add_argument("--compare-model", default=None, help="also invert on this folder (e.g. --model's int8 export) and compare R")
     parser.add_argument("--concepts", type=int, default=8)
+    parser.add_argument("--first", type=int, default=0,
+                        help="start at this concept (0-based); each concept keeps its own seed, so a run cut off after K concepts continues with --first K")
     parser.add_argument("--budget", type=int, default=150, help="generations of the fixed-budget (no DVAR) runs")
     parser.add_argument("--gfti-factor", type=float, default=10, help="cap on GF-TI's search time, as a multiple of edgeinv's time")
     parser.add_argument("--gfti-concepts", type=int, default=4, help="run GF-TI on the first N concepts")
@@ -172,7 +179,7 @@ def main() -> None:
     if args.compare_model:
         return compare(args)
     rows = []
-    for index, (a, b) in enumerate(BLENDS[: args.concepts]):
+    for index, (a, b) in chosen_concepts(args):
         model, planted, start, folder, images, planted_color, recovery = planted_concept(args.model, args.workdir, index, a, b)
 
         ours = invert(InvertConfig(images=str(folder), init=[START_WORD], seed=index, token=f"<ours-{index}>"), warn=lambda m: None, model=model)
@@ -236,7 +243,7 @@ def compare(args) -> None:
     other = OnnxStableDiffusion(args.compare_model)
     label = (other.manifest.get("quantization") or {}).get("scheme", "compared")
     rows = []
-    for index, (a, b) in enumerate(BLENDS[: args.concepts]):
+    for index, (a, b) in chosen_concepts(args):
         model, planted, start, folder, images, planted_color, recovery = planted_concept(args.model, args.workdir, index, a, b)
         row = {"concept": f"{a}+{b}", "planted_color": planted_color}
         for key, runner in (("base", model), ("other", OnnxStableDiffusion(args.compare_model))):

@@ -5,8 +5,9 @@
 
 Each concept and inversion seed is inverted twice, in fresh processes (`--reuse`: skip a run
 that RUNS already holds):
-- the forward-only default (RUNS/cma-es/...), to its budget with DVAR off, so that every stop is
-  known; DVAR's stop at the default window and threshold is then applied afterwards;
+- the forward-only default (RUNS/cma-es/..., or RUNS/zo-sgd/... with `-- --optimizer zo-sgd`), to its
+  budget with DVAR off, so that every stop is known; DVAR's stop at that optimiser's default window
+  and threshold (or the `--dvar-window` given) is then applied afterwards;
 - `--method ti` with its defaults (RUNS/ti/...), which stops by DVAR.
 At each time t of `--times` the benchmark takes what each run would have returned had it been
 stopped at t (seconds of initialisation and search, from the run's history; process start and
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeinv.config import METHOD_DEFAULTS
+from edgeinv.config import METHOD_DEFAULTS, OPTIMIZER_DEFAULTS
 from edgeinv.onnx_model import OnnxStableDiffusion
 from edgeinv.stopping import window_in_steps
 
@@ -59,7 +60,10 @@ def main() -> None:
     options = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
 
-    defaults = METHOD_DEFAULTS["cma-es"]
+    # The forward-only side is named by its optimiser (cma-es unless the options say zo-sgd) and
+    # stopped afterwards by that optimiser's own DVAR defaults.
+    forward = options[options.index("--optimizer") + 1] if "--optimizer" in options else "cma-es"
+    defaults = OPTIMIZER_DEFAULTS.get(forward, METHOD_DEFAULTS["cma-es"])
     model = OnnxStableDiffusion(None)
     rows = []
     for folder in concept_folders(args.folders, args.never_captioned):
@@ -69,12 +73,12 @@ def main() -> None:
         print(f"{folder.name}: best words {prompt!r} {words:.0%}; the bar: {bar:.0%}", flush=True)
         for seed in args.invert_seeds:
             runs: dict[str, tuple[FinishedRun, int]] = {}
-            for method, invert_options, kind in (("cma-es", [*options, "--dvar-threshold", "0"], ForwardOnlyRun), ("ti", ["--method", "ti"], GradientRun)):
+            for method, invert_options, kind in ((forward, [*options, "--dvar-threshold", "0"], ForwardOnlyRun), ("ti", ["--method", "ti"], GradientRun)):
                 out = args.runs / method / f"{folder.name}-s{seed}"
                 if not (args.reuse and (out / "config.json").is_file()):
                     run_invert(folder, f"<{color}-{shape}-{method}-s{seed}>", out, [*invert_options, "--seed", str(seed)])
                 run = kind(model, out, folder)
-                if method == "cma-es":  # DVAR at the default's window and threshold, applied to the full trajectory
+                if method == forward:  # DVAR at the optimiser's default window and threshold, applied to the full trajectory
                     window = window_in_steps(run.config.dvar_window if "--dvar-window" in options else defaults.dvar_window,
                                              run.optimizer.popsize * run.config.samples)
                     last = dvar_stop(run.deterministic, window, defaults.dvar_threshold) or run.steps
@@ -107,29 +111,29 @@ def main() -> None:
 
     print(f"\nforward-only options: {' '.join(options) or '(defaults)'}; inversion seeds {' / '.join(map(str, args.invert_seeds))}; "
           f"{args.seeds} fresh sampling seeds; judged at {', '.join(f'{t:g}' for t in args.times)} s\n")
-    print("| concept | bar | cma-es: time to the bar (per seed) | ti: time to the bar (per seed) | cma-es / ti | "
-          "UNet evaluations to the bar, cma-es / ti | cma-es: at its DVAR stop | ti: at its DVAR stop |")
+    print(f"| concept | bar | {forward}: time to the bar (per seed) | ti: time to the bar (per seed) | {forward} / ti | "
+          f"UNet evaluations to the bar, {forward} / ti | {forward}: at its DVAR stop | ti: at its DVAR stop |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     ratios = []
     for concept in dict.fromkeys(r["concept"] for r in rows):
-        mine = {m: [r for r in rows if r["concept"] == concept and r["method"] == m] for m in ("cma-es", "ti")}
+        mine = {m: [r for r in rows if r["concept"] == concept and r["method"] == m] for m in (forward, "ti")}
         cells, means, unets = {}, {}, {}
         for m, found in mine.items():
             cells[m] = " / ".join(f"{r['reached'][0]:.0f} s" if r["reached"] else "not reached" for r in found)
             if all(r["reached"] for r in found):
                 means[m] = np.mean([r["reached"][0] for r in found])
                 unets[m] = np.mean([r["reached"][2] for r in found])
-        ratio = means["cma-es"] / means["ti"] if len(means) == 2 else None
+        ratio = means[forward] / means["ti"] if len(means) == 2 else None
         if ratio is not None:
             ratios.append(ratio)
         at_stop = {m: f"{np.mean([r['final'] for r in f]):.0%} at {np.mean([r['stop_seconds'] for r in f]):.0f} s" for m, f in mine.items()}
-        print(f"| {concept} | {mine['cma-es'][0]['bar']:.0%} | {cells['cma-es']} | {cells['ti']} | "
+        print(f"| {concept} | {mine[forward][0]['bar']:.0%} | {cells[forward]} | {cells['ti']} | "
               f"{f'{ratio:.2f}x' if ratio is not None else '-'} | "
-              f"{' / '.join(f'{unets[m]:.0f}' if m in unets else '-' for m in ('cma-es', 'ti'))} | {at_stop['cma-es']} | {at_stop['ti']} |")
-    reached = {m: sum(r["reached"] is not None for r in rows if r["method"] == m) for m in ("cma-es", "ti")}
+              f"{' / '.join(f'{unets[m]:.0f}' if m in unets else '-' for m in (forward, 'ti'))} | {at_stop[forward]} | {at_stop['ti']} |")
+    reached = {m: sum(r["reached"] is not None for r in rows if r["method"] == m) for m in (forward, "ti")}
     total = sum(r["method"] == "ti" for r in rows)
-    print(f"\nruns that reach the bar: cma-es {reached['cma-es']} of {total}, ti {reached['ti']} of {total}; "
-          f"cma-es / ti time to the bar where both reach it on every seed: {', '.join(f'{x:.2f}x' for x in ratios) or '-'}")
+    print(f"\nruns that reach the bar: {forward} {reached[forward]} of {total}, ti {reached['ti']} of {total}; "
+          f"{forward} / ti time to the bar where both reach it on every seed: {', '.join(f'{x:.2f}x' for x in ratios) or '-'}")
 
 
 if __name__ == "__main__":

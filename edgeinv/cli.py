@@ -398,7 +398,7 @@ METHOD_HELP = ("cma-es: forward passes only on ONNX Runtime (no torch; --optimiz
 @click.option("--probes", default=None, type=click.IntRange(1), help="zo-sgd: probe directions per step [default: 4]")
 @click.option("--mu", default=None, type=click.FloatRange(min=0.0, min_open=True), help="zo-sgd: probe length in vocabulary spreads [default: 0.1]")
 @click.option("--sigma0", default=None, type=click.FloatRange(min=0.0, min_open=True), help="cma-es: initial step size, in vocabulary spreads along each subspace direction [default: 1]")
-@click.option("--dim", default=None, type=click.IntRange(1), help="forward-only: search subspace dimension (per vector) [default: 64 for cma-es, 32 for zo-sgd]")
+@click.option("--dim", default=None, type=click.IntRange(1), help="forward-only: search subspace dimension (per vector) [default: 64]")
 @click.option("--subspace", default="pca", show_default=True, type=click.Choice(["pca", "random", "none"]), help="forward-only: search subspace (none: the whole embedding)")
 @click.option("--samples", default=8, show_default=True, type=click.IntRange(1), help="forward-only: evaluation samples per generation or step (shared by all candidates)")
 @click.option("--heldout", default=32, show_default=True, type=click.IntRange(1), help="held-out samples that choose the final vector")

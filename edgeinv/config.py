@@ -42,10 +42,12 @@ METHOD_DEFAULTS = {
     "custom-diffusion": MethodDefaults(budget=500, dvar_window=180 * 8, dvar_threshold=0.15, lr=5e-3, weights_lr=1e-4),
 }
 # The forward-only method's defaults per --optimizer (cma-es: METHOD_DEFAULTS["cma-es"]).
-# zo-sgd: measured in benchmarks/results/zo_sgd.md (default model v1), with d = 32 and the
-# 4000-evaluation window it was measured with (cma-es's at the time).
+# zo-sgd: probes, mu and lr measured in benchmarks/results/zo_sgd.md (default model v1), with the
+# 4000-evaluation window it was measured with (cma-es's at the time). d = 64, as cma-es: on v5 its
+# tokens drew the race's concepts in 73% of pictures against 60% with v1's d = 32, and 8000 evaluations
+# of window drew no more at a longer run (benchmarks/results/token_vs_words.md).
 OPTIMIZER_DEFAULTS = {
-    "zo-sgd": MethodDefaults(budget=500, dvar_window=4000, dvar_threshold=0.15, lr=1.0, probes=4, mu=0.1, dim=32),
+    "zo-sgd": MethodDefaults(budget=500, dvar_window=4000, dvar_threshold=0.15, lr=1.0, probes=4, mu=0.1, dim=64),
 }
 
 
@@ -60,7 +62,7 @@ class InvertConfig:
     seed: int = 0
     budget: int | None = None  # None: the method's default (METHOD_DEFAULTS)
     popsize: int | None = None  # None: pycma's 4 + 3 ln d
-    dim: int | None = None  # None: the optimiser's default (64 for cma-es, 32 for zo-sgd)
+    dim: int | None = None  # None: the optimiser's default (64 for both cma-es and zo-sgd)
     subspace: str = "pca"  # or "random", or "none" (the whole embedding, each coordinate scaled by its spread)
     optimizer: str = "cma-es"  # the forward-only method's optimiser: cma-es or zo-sgd (edgeinv/optimizers.py)
     vectors: int = 1  # vectors per token (AUTOMATIC1111's "vectors per token")

@@ -91,8 +91,10 @@ def test_each_optimizer_gets_its_own_defaults_and_options_win():
     assert cma.budget == METHOD_DEFAULTS["cma-es"].budget and cma.probes is None and cma.lr is None
     assert (zo.budget, zo.probes, zo.mu, zo.lr) == tuple(getattr(OPTIMIZER_DEFAULTS["zo-sgd"], k) for k in ("budget", "probes", "mu", "lr"))
     assert InvertConfig(images=str(EXAMPLE), optimizer="zo-sgd", lr=0.5, probes=7).resolved().lr == 0.5
-    # the search dimension too: each optimiser keeps the one it was measured with; --dim wins
-    assert (cma.dim, zo.dim) == (METHOD_DEFAULTS["cma-es"].dim, OPTIMIZER_DEFAULTS["zo-sgd"].dim) and cma.dim != zo.dim
+    # the search dimension and the DVAR window too: each optimiser keeps the ones it was measured with; --dim wins
+    assert (cma.dim, zo.dim) == (METHOD_DEFAULTS["cma-es"].dim, OPTIMIZER_DEFAULTS["zo-sgd"].dim)
+    assert (cma.dvar_window, zo.dvar_window) == (METHOD_DEFAULTS["cma-es"].dvar_window, OPTIMIZER_DEFAULTS["zo-sgd"].dvar_window)
+    assert cma.dvar_window != zo.dvar_window
     assert InvertConfig(images=str(EXAMPLE), dim=8).resolved().dim == 8
 
 
